@@ -1,0 +1,134 @@
+// The runtime's public, torch-free API: the server and client-facing tools use only this.
+// One engine thread owns the model and all device state; requests come in through Submit
+// and results go out through a per-request RequestStream.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/sampler.h"
+
+namespace squat {
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string device = "cpu";
+  std::string dtype = "auto";
+  std::string kv_format = "fp16";  // default KV-cache format
+  int32_t max_model_len = 0;       // 0: the model's max_position_embeddings
+  int32_t default_max_tokens = 256;
+  int32_t max_tokens_limit = 4096;  // a request asking for more is rejected
+  int32_t max_waiting = 256;        // queued requests beyond this: RESOURCE_EXHAUSTED
+  int32_t max_prompt_tokens = 0;    // 0: max_model_len - 1
+};
+
+enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled, kError };
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerateRequest {
+  std::string request_id;                // generated when empty
+  std::string prompt;                    // used when prompt_token_ids is empty
+  std::vector<int32_t> prompt_token_ids;
+  bool add_special_tokens = true;
+  SamplingParams sampling;
+  std::string kv_method;                 // empty: the engine default
+  int32_t k_bits = 0;                    // 0: the engine default
+  int32_t v_bits = 0;
+};
+
+struct Timings {
+  double queue_seconds = 0;
+  double time_to_first_token_seconds = 0;
+  double total_seconds = 0;
+};
+
+// One message from the engine to a request's consumer. The last one has finished = true.
+struct GenerationEvent {
+  std::vector<int32_t> token_ids;
+  std::vector<float> logprobs;
+  std::string text;  // complete UTF-8 text that became available with these tokens
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string error_message;  // set with kError
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  Timings timings;
+};
+
+// Thread-safe queue between the engine thread (producer) and one consumer.
+class RequestStream {
+ public:
+  explicit RequestStream(std::string request_id) : request_id_(std::move(request_id)) {}
+  const std::string& request_id() const { return request_id_; }
+
+  // Waits up to `timeout` for the next event; false on timeout.
+  bool Next(GenerationEvent* event, std::chrono::milliseconds timeout);
+  // Asks the engine to stop this request; its pages are freed at the next step and a
+  // final event with kCancelled follows.
+  void Cancel();
+  bool cancel_requested() const;
+
+  // Engine side.
+  void Push(GenerationEvent event);
+
+ private:
+  std::string request_id_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> events_;
+  bool cancelled_ = false;
+};
+
+struct KvFormatDescription {
+  std::string method;
+  int32_t k_bits = 16;
+  int32_t v_bits = 16;
+  double bytes_per_token = 0;  // all layers, keys + values
+  uint64_t capacity_tokens = 0;
+  bool is_default = false;
+};
+
+struct ModelDescription {
+  std::string model_name;
+  std::string model_dir;
+  std::string architecture;
+  int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_attention_heads = 0;
+  int64_t num_key_value_heads = 0, head_dim = 0, max_model_len = 0;
+  std::string dtype;
+  std::string device;
+  std::vector<int32_t> eos_token_ids;
+  int64_t weight_bytes = 0;
+  std::vector<KvFormatDescription> kv_formats;
+};
+
+class Engine {
+ public:
+  // Loads config, tokenizer and weights, and starts the engine thread.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  // Validates and queues a request. INVALID_ARGUMENT for bad input, RESOURCE_EXHAUSTED
+  // when the queue is full, UNAVAILABLE once draining has begun.
+  virtual absl::StatusOr<std::shared_ptr<RequestStream>> Submit(GenerateRequest request) = 0;
+  virtual absl::StatusOr<std::vector<int32_t>> Tokenize(const std::string& text,
+                                                        bool add_special_tokens) const = 0;
+  virtual std::string TokenText(int32_t id) const = 0;  // the vocabulary entry of an id
+  virtual ModelDescription Describe() const = 0;
+
+  // Stops accepting new requests (Submit returns UNAVAILABLE from now on).
+  virtual void StopAccepting() = 0;
+  // Waits until no request is queued or running, up to `timeout`; true if idle.
+  virtual bool WaitIdle(std::chrono::milliseconds timeout) = 0;
+  // Cancels whatever is left and joins the engine thread.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace squat
