@@ -1,0 +1,116 @@
+#include "server/server_flags.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, model, "models/default", "Model directory (config.json, safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, address, "127.0.0.1:50051", "host:port to listen on");
+ABSL_FLAG(std::string, device, "cpu", "Device: cpu or cuda[:N]");
+ABSL_FLAG(std::string, dtype, "auto", "Weight dtype: auto, float32, float16, bfloat16");
+ABSL_FLAG(std::string, kv_format, "fp16", "Default KV-cache format (fp16, kivi, squat, squat-post)");
+ABSL_FLAG(int32_t, max_model_len, 0, "Max tokens per sequence; 0: the model's max_position_embeddings");
+ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens of a request that leaves it 0");
+ABSL_FLAG(int32_t, max_tokens_limit, 4096, "Requests asking for more tokens are rejected");
+ABSL_FLAG(int32_t, max_waiting, 256, "Queued requests beyond this are rejected (RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds to let in-flight requests finish on SIGTERM");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
+
+namespace squat::server {
+namespace {
+
+// absl flag names are C identifiers; users type the documented --kebab-case names.
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& arg = args[i];
+    if (arg == "--") break;  // everything after is positional
+    if (arg.size() < 3 || arg[0] != '-') continue;
+    const size_t name_end = std::min(arg.find('='), arg.size());
+    const size_t dashes = arg[1] == '-' ? 2 : 1;
+    const std::string name =
+        absl::StrReplaceAll(arg.substr(dashes, name_end - dashes), {{"-", "_"}});
+    // Unknown names keep the user's spelling for absl's error message.
+    if (absl::FindCommandLineFlag(name) == nullptr) continue;
+    arg = absl::StrCat(arg.substr(0, dashes), name, arg.substr(name_end));
+  }
+  return args;
+}
+
+bool IsValidLogLevel(const std::string& level) {
+  // spdlog maps unknown names to "off", so accept "off" only when spelled out.
+  return level == "off" || spdlog::level::from_str(level) != spdlog::level::off;
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "gRPC LLM inference server (squat.v1.GenerationService).\n"
+      "Flags may be spelled --kv-format or --kv_format.");
+  // --help lists this file's flags (absl's default looks for a file named after the binary).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server_flags");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (std::string& arg : args) arg_ptrs.push_back(arg.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
+  if (positional.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected positional argument '", positional[1], "'"));
+  }
+
+  ServerConfig config;
+  config.address = absl::GetFlag(FLAGS_address);
+  config.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
+  config.log_level = absl::GetFlag(FLAGS_log_level);
+  EngineOptions& engine = config.engine;
+  engine.model_dir = absl::GetFlag(FLAGS_model);
+  engine.device = absl::GetFlag(FLAGS_device);
+  engine.dtype = absl::GetFlag(FLAGS_dtype);
+  engine.kv_format = absl::GetFlag(FLAGS_kv_format);
+  engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  engine.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  engine.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
+  engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+
+  if (config.address.empty()) return absl::InvalidArgumentError("--address is empty");
+  if (engine.model_dir.empty()) return absl::InvalidArgumentError("--model is empty");
+  if (engine.kv_format.empty()) return absl::InvalidArgumentError("--kv-format is empty");
+  if (engine.max_model_len < 0) {
+    return absl::InvalidArgumentError("--max-model-len must be >= 0 (0: the model's limit)");
+  }
+  if (engine.max_tokens_limit <= 0) {
+    return absl::InvalidArgumentError("--max-tokens-limit must be > 0");
+  }
+  if (engine.default_max_tokens <= 0 || engine.default_max_tokens > engine.max_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default-max-tokens must be in [1, --max-tokens-limit=", engine.max_tokens_limit, "]"));
+  }
+  if (engine.max_waiting <= 0) return absl::InvalidArgumentError("--max-waiting must be > 0");
+  if (config.drain_timeout_s < 0) {
+    return absl::InvalidArgumentError("--drain-timeout-s must be >= 0");
+  }
+  if (!IsValidLogLevel(config.log_level)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--log-level '", config.log_level,
+        "' is not one of trace, debug, info, warn, error, critical, off"));
+  }
+  return config;
+}
+
+}  // namespace squat::server
