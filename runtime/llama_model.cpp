@@ -1,0 +1,420 @@
+#include "runtime/llama_model.h"
+
+#include <c10/core/InferenceMode.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kvcache/dense_kv_cache.h"
+#include "runtime/safetensors.h"
+
+// at::scaled_dot_product_attention takes `scale` from 2.1 and `enable_gqa` from 2.5.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define SQUAT_HAVE_SDPA 1
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+#define SQUAT_SDPA_GQA 1
+#endif
+#endif
+
+namespace squat {
+
+// q/k/v and gate/up are stored fused so that each costs one GEMM per layer.
+struct LlamaModel::Layer {
+  at::Tensor input_norm;      // [hidden]
+  at::Tensor post_attn_norm;  // [hidden]
+  at::Tensor qkv;             // [(H + 2 * H_kv) * head_dim, hidden]
+  at::Tensor qkv_bias;        // [(H + 2 * H_kv) * head_dim], undefined without attention_bias
+  at::Tensor o_proj;          // [hidden, H * head_dim]
+  at::Tensor gate_up;         // [2 * intermediate, hidden]
+  at::Tensor down;            // [hidden, intermediate]
+};
+
+namespace {
+
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::StatusOr<at::ScalarType> CheckpointScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kF64: return at::kDouble;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported weight dtype ", DTypeName(dtype)));
+  }
+}
+
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "float32" || name == "float") return at::kFloat;
+  if (name == "float16" || name == "half") return at::kHalf;
+  if (name == "bfloat16") return at::kBFloat16;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dtype '", name, "' (expected auto, float32, float16 or bfloat16)"));
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  if (name != "cpu" && name != "cuda" && name.rfind("cuda:", 0) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown device '", name, "' (expected cpu, cuda or cuda:N)"));
+  }
+  try {
+    at::Device device(name);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", name, "' requested but this LibTorch has no CUDA device"));
+    }
+    return device;
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad device '", name, "': ", e.what_without_backtrace()));
+  }
+}
+
+// Fills the defaults that config.json may omit and rejects shapes the model cannot run.
+absl::Status CompleteConfig(ModelConfig& c) {
+  auto positive = [](const char* field, int64_t v) -> absl::Status {
+    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("config: ", field, " must be > 0, got ", v));
+    return absl::OkStatus();
+  };
+  for (auto [field, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                              {"hidden_size", c.hidden_size},
+                              {"intermediate_size", c.intermediate_size},
+                              {"num_hidden_layers", c.num_hidden_layers},
+                              {"num_attention_heads", c.num_attention_heads}}) {
+    if (auto s = positive(field, value); !s.ok()) return s;
+  }
+  if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
+  if (c.head_dim == 0) c.head_dim = c.hidden_size / c.num_attention_heads;
+  if (auto s = positive("num_key_value_heads", c.num_key_value_heads); !s.ok()) return s;
+  if (auto s = positive("head_dim", c.head_dim); !s.ok()) return s;
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config: num_attention_heads (", c.num_attention_heads,
+        ") is not a multiple of num_key_value_heads (", c.num_key_value_heads, ")"));
+  }
+  if (c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: head_dim must be even for RoPE, got ", c.head_dim));
+  }
+  if (c.rope_scaling) {
+    const RopeScaling& r = *c.rope_scaling;
+    // "dynamic" (NTK) equals unscaled RoPE up to max_position_embeddings; it is not applied.
+    if (r.rope_type != "llama3" && r.rope_type != "linear" && r.rope_type != "dynamic" &&
+        r.rope_type != "default" && !r.rope_type.empty()) {
+      return absl::UnimplementedError(
+          absl::StrCat("config: rope_scaling type '", r.rope_type, "' is not supported"));
+    }
+    if ((r.rope_type == "llama3" || r.rope_type == "linear") && !(r.factor > 0)) {
+      return absl::InvalidArgumentError("config: rope_scaling.factor must be > 0");
+    }
+    if (r.rope_type == "llama3" &&
+        (!(r.high_freq_factor > r.low_freq_factor) || !(r.low_freq_factor > 0) ||
+         r.original_max_position_embeddings <= 0)) {
+      return absl::InvalidArgumentError(
+          "config: llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and "
+          "original_max_position_embeddings > 0");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// HF's inverse frequencies, op for op in float32 (python's `a / t` is t.reciprocal() * a).
+at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
+  const int64_t dim = c.head_dim;
+  auto exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = at::pow(c.rope_theta, exponent).reciprocal() * 1.0;
+  if (!c.rope_scaling) return inv_freq;
+  const RopeScaling& r = *c.rope_scaling;
+  if (r.rope_type == "linear") return inv_freq / r.factor;
+  if (r.rope_type != "llama3") return inv_freq;
+
+  // transformers' _compute_llama3_parameters.
+  const double old_len = static_cast<double>(r.original_max_position_embeddings);
+  const double low_freq_wavelen = old_len / r.low_freq_factor;
+  const double high_freq_wavelen = old_len / r.high_freq_factor;
+  at::Tensor wavelen = inv_freq.reciprocal() * (2.0 * M_PI);
+  at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / r.factor, inv_freq);
+  at::Tensor smooth = (wavelen.reciprocal() * old_len - r.low_freq_factor) /
+                      (r.high_freq_factor - r.low_freq_factor);
+  at::Tensor smoothed = (1.0 - smooth) * scaled / r.factor + smooth * scaled;
+  at::Tensor is_medium = (wavelen < high_freq_wavelen).logical_not() &
+                         (wavelen > low_freq_wavelen).logical_not();
+  return at::where(is_medium, smoothed, scaled);
+}
+
+// HF semantics: normalise in float32, cast back, then scale by the weight.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * (xf * inv_rms).to(x.scalar_type());
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// x: [heads, T, head_dim]; cos, sin: [T, head_dim].
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x * cos + RotateHalf(x) * sin;
+}
+
+class WeightLoader {
+ public:
+  WeightLoader(const CheckpointReader& checkpoint, at::Device device, at::ScalarType dtype)
+      : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
+
+  bool Has(const std::string& name) const { return checkpoint_.Find(name) != nullptr; }
+
+  // Checks the tensor's shape and copies it, converted, onto the device; the mapped
+  // file is read through a non-owning view and never copied whole.
+  absl::StatusOr<at::Tensor> Load(const std::string& name, std::vector<int64_t> expected) const {
+    const TensorView* view = checkpoint_.Find(name);
+    if (view == nullptr) {
+      return absl::NotFoundError(absl::StrCat("checkpoint is missing tensor '", name, "'"));
+    }
+    if (view->shape != expected) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ",
+                                                     ShapeString(view->shape), ", expected ",
+                                                     ShapeString(expected)));
+    }
+    auto source_type = CheckpointScalarType(view->dtype);
+    if (!source_type.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "': ", source_type.status().message()));
+    }
+    at::Tensor mapped = at::from_blob(const_cast<void*>(view->data), view->shape,
+                                      at::TensorOptions().dtype(*source_type));
+    return mapped.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+  }
+
+ private:
+  const CheckpointReader& checkpoint_;
+  at::Device device_;
+  at::ScalarType dtype_;
+};
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype)
+    : config_(config), device_(device), dtype_(dtype) {}
+
+LlamaModel::~LlamaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointReader& checkpoint,
+                                                             const ModelConfig& config,
+                                                             const ModelLoadOptions& options) {
+  ModelConfig c = config;
+  if (auto s = CompleteConfig(c); !s.ok()) return s;
+  auto device = ParseDevice(options.device);
+  if (!device.ok()) return device.status();
+
+  const TensorView* embed_view = checkpoint.Find("model.embed_tokens.weight");
+  if (embed_view == nullptr) {
+    return absl::NotFoundError("checkpoint is missing tensor 'model.embed_tokens.weight'");
+  }
+  at::ScalarType dtype = at::kFloat;
+  if (options.dtype == "auto") {
+    auto stored = CheckpointScalarType(embed_view->dtype);
+    if (!stored.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor 'model.embed_tokens.weight': ",
+                                                     stored.status().message()));
+    }
+    const bool half = *stored == at::kHalf || *stored == at::kBFloat16;
+    dtype = device->is_cuda() && half ? *stored : at::kFloat;
+  } else {
+    auto parsed = ParseDtype(options.dtype);
+    if (!parsed.ok()) return parsed.status();
+    dtype = *parsed;
+  }
+
+  c10::InferenceMode inference;
+  std::unique_ptr<LlamaModel> model(new LlamaModel(c, *device, dtype));
+  const int64_t hidden = c.hidden_size, inter = c.intermediate_size, d = c.head_dim;
+  const int64_t q_rows = c.num_attention_heads * d, kv_rows = c.num_key_value_heads * d;
+  WeightLoader loader(checkpoint, *device, dtype);
+  try {
+#define SQUAT_LOAD(target, name, ...)                     \
+  do {                                                    \
+    auto loaded = loader.Load(name, __VA_ARGS__);         \
+    if (!loaded.ok()) return loaded.status();             \
+    target = std::move(*loaded);                          \
+  } while (0)
+
+    SQUAT_LOAD(model->embed_tokens_, "model.embed_tokens.weight", {c.vocab_size, hidden});
+    model->layers_.resize(c.num_hidden_layers);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      const std::string p = absl::StrCat("model.layers.", i, ".");
+      Layer& layer = model->layers_[i];
+      SQUAT_LOAD(layer.input_norm, p + "input_layernorm.weight", {hidden});
+      SQUAT_LOAD(layer.post_attn_norm, p + "post_attention_layernorm.weight", {hidden});
+      at::Tensor q, k, v, gate, up;
+      SQUAT_LOAD(q, p + "self_attn.q_proj.weight", {q_rows, hidden});
+      SQUAT_LOAD(k, p + "self_attn.k_proj.weight", {kv_rows, hidden});
+      SQUAT_LOAD(v, p + "self_attn.v_proj.weight", {kv_rows, hidden});
+      layer.qkv = at::cat({q, k, v}, 0);
+      if (c.attention_bias) {
+        SQUAT_LOAD(q, p + "self_attn.q_proj.bias", {q_rows});
+        SQUAT_LOAD(k, p + "self_attn.k_proj.bias", {kv_rows});
+        SQUAT_LOAD(v, p + "self_attn.v_proj.bias", {kv_rows});
+        layer.qkv_bias = at::cat({q, k, v}, 0);
+      }
+      SQUAT_LOAD(layer.o_proj, p + "self_attn.o_proj.weight", {hidden, q_rows});
+      SQUAT_LOAD(gate, p + "mlp.gate_proj.weight", {inter, hidden});
+      SQUAT_LOAD(up, p + "mlp.up_proj.weight", {inter, hidden});
+      layer.gate_up = at::cat({gate, up}, 0);
+      SQUAT_LOAD(layer.down, p + "mlp.down_proj.weight", {hidden, inter});
+    }
+    SQUAT_LOAD(model->final_norm_, "model.norm.weight", {hidden});
+    if (c.tie_word_embeddings) {
+      model->lm_head_ = model->embed_tokens_;
+    } else {
+      SQUAT_LOAD(model->lm_head_, "lm_head.weight", {c.vocab_size, hidden});
+    }
+#undef SQUAT_LOAD
+    model->inv_freq_ = RopeInverseFrequencies(c).to(*device);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("loading weights onto ", options.device, ": ", e.what_without_backtrace()));
+  }
+
+  int64_t bytes = 0;
+  auto count = [&bytes](const at::Tensor& t) {
+    if (t.defined()) bytes += t.numel() * t.element_size();
+  };
+  count(model->embed_tokens_);
+  count(model->final_norm_);
+  if (!c.tie_word_embeddings) count(model->lm_head_);
+  for (const Layer& l : model->layers_) {
+    for (const at::Tensor* t : {&l.input_norm, &l.post_attn_norm, &l.qkv, &l.qkv_bias, &l.o_proj,
+                                &l.gate_up, &l.down}) {
+      count(*t);
+    }
+  }
+  model->weight_bytes_ = bytes;
+  return model;
+}
+
+std::unique_ptr<DenseKvCache> LlamaModel::NewCache(int64_t max_tokens) const {
+  return std::make_unique<DenseKvCache>(config_.num_hidden_layers, config_.num_key_value_heads,
+                                        max_tokens, config_.head_dim, dtype_, device_);
+}
+
+at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bool last_only) {
+  c10::InferenceMode inference;
+  TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
+              "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
+  TORCH_CHECK(tokens.scalar_type() == at::kLong, "Forward: tokens must be int64, got ",
+              tokens.scalar_type());
+  const int64_t num_tokens = tokens.size(0);
+  const int64_t start = cache.length();
+  const int64_t total = start + num_tokens;
+  TORCH_CHECK(total <= cache.max_tokens(), "Forward: ", total,
+              " tokens exceed the KV cache capacity of ", cache.max_tokens());
+  if (tokens.device().is_cpu()) {
+    const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < config_.vocab_size, "Forward: token id out of range [0, ",
+                config_.vocab_size, "): ", lo < 0 ? lo : hi);
+  }
+
+  const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
+  const int64_t head_dim = config_.head_dim, group = heads / kv_heads;
+  const double eps = config_.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+
+  // RoPE angles for the new positions: float32 products, as HF, then cast to the compute dtype.
+  at::Tensor positions =
+      at::arange(start, total, at::TensorOptions().dtype(at::kFloat).device(device_));
+  at::Tensor freqs = at::outer(positions, inv_freq_);
+  at::Tensor angles = at::cat({freqs, freqs}, -1);
+  at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
+
+  // Causal mask over cache + new tokens (true = hidden): query t sees keys <= start + t.
+  at::Tensor hidden_mask;
+  if (num_tokens > 1) {
+    auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
+    hidden_mask = at::arange(total, long_opts).unsqueeze(0) >
+                  at::arange(start, total, long_opts).unsqueeze(1);
+  }
+
+  at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [T, hidden]
+  for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
+    const Layer& layer = layers_[i];
+    at::Tensor h = RmsNorm(x, layer.input_norm, eps);
+    at::Tensor qkv = layer.qkv_bias.defined() ? at::linear(h, layer.qkv, layer.qkv_bias)
+                                              : at::linear(h, layer.qkv);
+    // [T, heads * d] -> [heads, T, d]
+    at::Tensor q = qkv.narrow(1, 0, heads * head_dim).view({num_tokens, heads, head_dim}).transpose(0, 1);
+    at::Tensor k = qkv.narrow(1, heads * head_dim, kv_heads * head_dim)
+                       .view({num_tokens, kv_heads, head_dim})
+                       .transpose(0, 1);
+    at::Tensor v = qkv.narrow(1, (heads + kv_heads) * head_dim, kv_heads * head_dim)
+                       .view({num_tokens, kv_heads, head_dim})
+                       .transpose(0, 1);
+    q = ApplyRope(q, cos, sin);
+    k = ApplyRope(k, cos, sin);
+    cache.write(i, k, v);
+    at::Tensor keys = cache.keys(i, total), values = cache.values(i, total);  // [H_kv, S, d]
+
+    at::Tensor attn;  // [heads, T, d]
+#ifdef SQUAT_HAVE_SDPA
+    if (num_tokens > 1) {
+      at::Tensor k4 = keys.unsqueeze(0), v4 = values.unsqueeze(0);
+#ifdef SQUAT_SDPA_GQA
+      const bool gqa = group > 1;
+#else
+      const bool gqa = false;
+      if (group > 1) {
+        k4 = k4.repeat_interleave(group, 1);
+        v4 = v4.repeat_interleave(group, 1);
+      }
+#endif
+      // With no cached prefix the causal mask is the plain lower triangle.
+      c10::optional<at::Tensor> visible;
+      if (start > 0) visible = hidden_mask.logical_not();
+      attn = at::scaled_dot_product_attention(q.unsqueeze(0), k4, v4, visible, /*dropout_p=*/0.0,
+                                              /*is_causal=*/start == 0,
+                                              /*scale=*/c10::optional<double>()
+#ifdef SQUAT_SDPA_GQA
+                                                  ,
+                                              /*enable_gqa=*/gqa
+#endif
+                                              )
+                 .squeeze(0);
+      (void)gqa;
+    }
+#endif
+    if (!attn.defined()) {
+      // Query heads grouped by the KV head they share (head h uses KV head h / group), so the
+      // cached keys are read in place, never repeated.
+      at::Tensor grouped = q.reshape({kv_heads, group * num_tokens, head_dim});
+      at::Tensor scores = at::matmul(grouped, keys.transpose(1, 2)).mul_(scale);
+      if (hidden_mask.defined()) {
+        scores.view({kv_heads, group, num_tokens, total})
+            .masked_fill_(hidden_mask, -std::numeric_limits<double>::infinity());
+      }
+      at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_);
+      attn = at::matmul(probs, values).view({heads, num_tokens, head_dim});
+    }
+    x = x + at::linear(attn.transpose(0, 1).reshape({num_tokens, heads * head_dim}), layer.o_proj);
+
+    h = RmsNorm(x, layer.post_attn_norm, eps);
+    at::Tensor gate_up = at::linear(h, layer.gate_up);
+    const int64_t inter = config_.intermediate_size;
+    x = x + at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter),
+                       layer.down);
+  }
+  cache.commit(num_tokens);
+
+  if (last_only) x = x.narrow(0, num_tokens - 1, 1);
+  return at::linear(RmsNorm(x, final_norm_, eps), lm_head_).to(at::kFloat);
+}
+
+}  // namespace squat
