@@ -5,7 +5,6 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,9 +16,11 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "kvcache/dense_kv_cache.h"
 #include "runtime/llama_model.h"
+#include "runtime/log.h"
 #include "runtime/model_config.h"
 #include "runtime/safetensors.h"
 #include "runtime/stop_matcher.h"
@@ -177,7 +178,12 @@ class EngineImpl : public Engine {
     d.num_key_value_heads = config_.num_key_value_heads;
     d.head_dim = config_.head_dim;
     d.max_model_len = max_model_len_;
-    d.dtype = std::string(c10::toString(model_->dtype()));
+    switch (model_->dtype()) {
+      case at::kFloat: d.dtype = "float32"; break;
+      case at::kHalf: d.dtype = "float16"; break;
+      case at::kBFloat16: d.dtype = "bfloat16"; break;
+      default: d.dtype = std::string(c10::toString(model_->dtype()));
+    }
     d.device = model_->device().str();
     d.eos_token_ids = eos_list_;
     d.weight_bytes = model_->weight_bytes();
@@ -330,7 +336,7 @@ class EngineImpl : public Engine {
       error = e.what();
       // c10 errors carry a long backtrace after the first line; keep the message readable.
       if (auto nl = error.find('\n'); nl != std::string::npos) error.resize(nl);
-      spdlog::error("request {}: generation failed: {}", req.request.request_id, error);
+      log::Error(absl::StrCat("request ", req.request.request_id, ": generation failed: ", error));
     }
     GenerationEvent last;
     last.finished = true;
@@ -384,15 +390,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   auto checkpoint = CheckpointReader::Open(options.model_dir);
   if (!checkpoint.ok()) return checkpoint.status();
-  spdlog::info("loading {} ({} layers, hidden {}, {:.1f} MiB of weights) onto {}", options.model_dir,
-               config->num_hidden_layers, config->hidden_size, (*checkpoint)->total_bytes() / 1048576.0,
-               options.device);
+  log::Info(absl::StrFormat("loading %s (%d layers, hidden %d, %.1f MiB of weights) onto %s",
+                            options.model_dir, config->num_hidden_layers, config->hidden_size,
+                            (*checkpoint)->total_bytes() / 1048576.0, options.device));
   ModelLoadOptions load;
   load.device = options.device;
   load.dtype = options.dtype;
   auto model = LlamaModel::Load(**checkpoint, *config, load);
   if (!model.ok()) return model.status();
-  spdlog::info("model loaded in {:.2f} s", SecondsBetween(t0, Clock::now()));
+  log::Info(absl::StrFormat("model loaded in %.2f s", SecondsBetween(t0, Clock::now())));
   auto eos = LoadEosTokenIds(options.model_dir, *config);
   return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(config), *std::move(tokenizer),
                                                 *std::move(checkpoint), *std::move(model), std::move(eos)));

@@ -225,6 +225,8 @@ TEST_F(EngineTest, DescribeMatchesConfig) {
   EXPECT_EQ(d.num_key_value_heads, 2);
   EXPECT_EQ(d.head_dim, 64);
   EXPECT_EQ(d.max_model_len, 256);
+  EXPECT_EQ(d.dtype, "float32");
+  EXPECT_EQ(d.device, "cpu");
   ASSERT_EQ(d.kv_formats.size(), 1u);
   // float32 on CPU: 2 (K,V) * 2 layers * 2 heads * 64 dims * 4 bytes.
   EXPECT_DOUBLE_EQ(d.kv_formats[0].bytes_per_token, 2.0 * 2 * 2 * 64 * 4);
