@@ -1,1 +1,228 @@
-// placeholder: being written
+#include "kvcache/kv_cache.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "kvcache/fp16_sequence_cache.h"
+#include "kvcache/page_geometry.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/quantized_sequence_cache.h"
+#include "kvcache/squat_state.h"
+
+namespace squat::kv {
+
+absl::StatusOr<KvMethod> ParseKvMethod(std::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(std::string(name));
+  if (lower == "fp16") return KvMethod::kFp16;
+  if (lower == "kivi") return KvMethod::kKivi;
+  if (lower == "squat" || lower == "squat-pre" || lower == "squat_pre") return KvMethod::kSquatPre;
+  if (lower == "squat-post" || lower == "squat_post") return KvMethod::kSquatPost;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown KV cache method '", std::string(name), "' (expected fp16, kivi, squat or squat-post)"));
+}
+
+const char* KvMethodName(KvMethod method) {
+  switch (method) {
+    case KvMethod::kFp16: return "fp16";
+    case KvMethod::kKivi: return "kivi";
+    case KvMethod::kSquatPre: return "squat";
+    case KvMethod::kSquatPost: return "squat-post";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateKvFormat(const KvFormat& format, int64_t head_dim) {
+  if (head_dim <= 0) return absl::InvalidArgumentError(absl::StrCat("head_dim must be > 0, got ", head_dim));
+  if (!IsQuantized(format.method)) return absl::OkStatus();
+  const std::string method = KvMethodName(format.method);
+  auto bad = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("KV format ", method, ": ", parts...));
+  };
+  for (const auto& [name, bits] : {std::pair<const char*, int>{"k_bits", format.k_bits}, {"v_bits", format.v_bits}}) {
+    if (bits != 2 && bits != 4) return bad(name, " must be 2 or 4, got ", bits);
+  }
+  const int64_t g_tokens = format.group_size, r = format.residual_length;
+  if (g_tokens <= 0) return bad("group_size must be > 0, got ", g_tokens);
+  if (r <= 0) return bad("residual_length must be > 0, got ", r);
+  if (r % g_tokens != 0) {
+    return bad("residual_length (", r, ") must be a multiple of group_size (", g_tokens, ")");
+  }
+  for (const auto& [name, bits] : {std::pair<const char*, int>{"k_bits", format.k_bits}, {"v_bits", format.v_bits}}) {
+    const int per_word = 32 / bits;
+    if (g_tokens % per_word != 0 || r % per_word != 0) {
+      return bad("group_size (", g_tokens, ") and residual_length (", r, ") must be multiples of 32 / ", name,
+                 " = ", per_word);
+    }
+  }
+  if (head_dim % g_tokens != 0) {
+    return bad("head_dim (", head_dim, ") must be a multiple of group_size (", g_tokens, ")");
+  }
+  if (HasSquatState(format.method)) {
+    if (format.block_size <= 0 || head_dim % format.block_size != 0) {
+      return bad("head_dim (", head_dim, ") must be a multiple of block_size (", format.block_size, ")");
+    }
+    if (format.subspace_dim <= 0) return bad("subspace_dim must be > 0, got ", format.subspace_dim);
+    if (!(format.lambda >= 0) || !std::isfinite(format.lambda)) {
+      return bad("lambda must be finite and >= 0, got ", format.lambda);
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+std::string Describe(const KvFormat& f) {
+  if (!IsQuantized(f.method)) return KvMethodName(f.method);
+  return absl::StrCat(KvMethodName(f.method), " (k_bits ", f.k_bits, ", v_bits ", f.v_bits, ", group_size ",
+                      f.group_size, ", residual_length ", f.residual_length, ")");
+}
+
+absl::Status ValidateShape(const KvModelShape& s) {
+  if (s.num_layers <= 0 || s.num_kv_heads <= 0 || s.num_attention_heads <= 0 || s.head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: model shape needs positive sizes, got layers ",
+                                                   s.num_layers, ", kv heads ", s.num_kv_heads, ", heads ",
+                                                   s.num_attention_heads, ", head_dim ", s.head_dim));
+  }
+  if (s.num_attention_heads % s.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: ", s.num_attention_heads,
+                                                   " attention heads are not a multiple of ", s.num_kv_heads,
+                                                   " KV heads"));
+  }
+  if (s.head_dim % 2 != 0) return absl::InvalidArgumentError("KV cache: head_dim must be even (RoPE)");
+  if (!at::isFloatingType(s.compute_dtype)) {
+    return absl::InvalidArgumentError("KV cache: compute dtype must be floating point");
+  }
+  if (s.inv_freq.defined() && s.inv_freq.numel() != s.head_dim / 2) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: inv_freq has ", s.inv_freq.numel(),
+                                                   " entries, expected head_dim / 2 = ", s.head_dim / 2));
+  }
+  return absl::OkStatus();
+}
+
+// Sequences of a format with shared_subspace share one SquatState per (g, r, lambda): both
+// squat variants build it from q_rot, so pre and post can share too. The state is built, layer
+// by layer, from the first prompt that reaches that layer, and the manager keeps it (and its
+// pages) for its whole lifetime, even when no sequence uses it.
+using SharedStateKey = std::tuple<int64_t, int64_t, double>;
+
+class PagedKvCacheManager final : public KvCacheManager {
+ public:
+  PagedKvCacheManager(KvModelShape shape, KvFormat default_format, std::shared_ptr<PagePool> pool)
+      : shape_(std::move(shape)), default_format_(default_format), pool_(std::move(pool)) {}
+
+  absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(const KvFormat& format, int64_t max_tokens) override;
+
+  PoolStats stats() const override {
+    PoolStats s;
+    s.page_bytes = pool_->page_bytes();
+    s.total_pages = pool_->total_pages();
+    s.used_pages = pool_->used_pages();
+    return s;
+  }
+  const KvFormat& default_format() const override { return default_format_; }
+  double BytesPerToken(const KvFormat& format) const override { return FormatBytesPerToken(shape_, format); }
+  int64_t CapacityTokens(const KvFormat& format) const override {
+    if (!ValidateKvFormat(format, shape_.head_dim).ok()) return 0;
+    return CapacityForPages(shape_, format, pool_->page_bytes(), pool_->total_pages());
+  }
+
+ private:
+  static SharedStateKey KeyOf(const KvFormat& f) { return {f.block_size, f.subspace_dim, f.lambda}; }
+
+  KvModelShape shape_;
+  KvFormat default_format_;
+  std::shared_ptr<PagePool> pool_;
+  std::mutex shared_mutex_;
+  std::map<SharedStateKey, std::shared_ptr<SquatState>> shared_states_;
+};
+
+absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequence(const KvFormat& format,
+                                                                                  int64_t max_tokens) {
+  if (absl::Status valid = ValidateKvFormat(format, shape_.head_dim); !valid.ok()) return valid;
+  if (max_tokens <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: max_tokens must be > 0, got ", max_tokens));
+  }
+  const int64_t page_bytes = pool_->page_bytes();
+  const int64_t per_page = TokensPerPage(shape_, format, page_bytes);
+  if (per_page == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV format ", Describe(format), " is unavailable with this pool: ",
+                                                   "one page (", page_bytes, " bytes) holds no whole block of it"));
+  }
+  if (format.method == KvMethod::kSquatPre &&
+      !(shape_.inv_freq.defined() && shape_.inv_freq.numel() == shape_.head_dim / 2)) {
+    return absl::InvalidArgumentError("KV format squat (pre-RoPE keys) needs the model's inv_freq");
+  }
+  const SequencePages need = PagesForSequence(shape_, format, page_bytes, max_tokens);
+  if (need.total() > pool_->total_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: ", max_tokens, " tokens of ", Describe(format), " need ", need.total(), " pages, the pool has ",
+        pool_->total_pages(), " (capacity ", CapacityTokens(format), " tokens)"));
+  }
+
+  std::lock_guard<std::mutex> lock(shared_mutex_);
+  std::shared_ptr<SquatState> shared;
+  if (HasSquatState(format.method) && format.shared_subspace) {
+    auto it = shared_states_.find(KeyOf(format));
+    if (it != shared_states_.end()) shared = it->second;
+  }
+  const bool new_state = HasSquatState(format.method) && !shared;
+  absl::StatusOr<std::vector<int64_t>> pages =
+      pool_->Allocate(need.data + need.residual + (new_state ? need.state : 0));
+  if (!pages.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache: no room now for ", max_tokens, " tokens of ",
+                                                     Describe(format), ": ", pages.status().message()));
+  }
+  // Split the allocation: data, residual, state.
+  std::vector<int64_t>& ids = *pages;
+  auto take = [&](int64_t count) {
+    std::vector<int64_t> part(ids.begin(), ids.begin() + count);
+    ids.erase(ids.begin(), ids.begin() + count);
+    return PageLease(pool_, std::move(part));
+  };
+  PageLease data = take(need.data);
+  if (!IsQuantized(format.method)) {
+    return std::unique_ptr<SequenceKvCache>(
+        new Fp16SequenceCache(shape_, format, max_tokens, per_page, std::move(data)));
+  }
+  PageLease residual = take(need.residual);
+  std::shared_ptr<SquatState> state = shared;
+  if (new_state) {
+    state = std::make_shared<SquatState>(take(need.state), shape_, format);
+    if (format.shared_subspace) shared_states_.emplace(KeyOf(format), state);
+  }
+  const int64_t residual_per_page = TokensPerPage(shape_, KvFormat{KvMethod::kFp16}, page_bytes);
+  return std::unique_ptr<SequenceKvCache>(new QuantizedSequenceCache(
+      shape_, format, max_tokens, per_page, residual_per_page, std::move(data), std::move(residual),
+      std::move(state), /*owns_state=*/new_state && !format.shared_subspace));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KvCacheManager>> KvCacheManager::Create(const KvModelShape& shape,
+                                                                        const KvFormat& default_format,
+                                                                        int64_t pool_bytes) {
+  if (absl::Status s = ValidateShape(shape); !s.ok()) return s;
+  if (absl::Status s = ValidateKvFormat(default_format, shape.head_dim); !s.ok()) return s;
+  const int64_t page_bytes = DefaultPageBytes(shape, default_format);
+  const int64_t total_pages = pool_bytes / page_bytes;
+  if (total_pages <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: pool of ", pool_bytes,
+                                                   " bytes is smaller than one page (", page_bytes, " bytes)"));
+  }
+  KvModelShape stored = shape;
+  if (stored.inv_freq.defined()) stored.inv_freq = stored.inv_freq.to(shape.device, at::kFloat).contiguous();
+  absl::StatusOr<std::shared_ptr<PagePool>> pool = PagePool::Create(page_bytes, total_pages, shape.device);
+  if (!pool.ok()) return pool.status();
+  return std::unique_ptr<KvCacheManager>(new PagedKvCacheManager(std::move(stored), default_format, *std::move(pool)));
+}
+
+}  // namespace squat::kv

@@ -97,7 +97,9 @@ class SequenceKvCache {
   // Advances length() by T once every layer has attended.
   virtual void Commit(int64_t num_tokens) = 0;
 
-  virtual int64_t pages() const = 0;  // pages held (codes, residuals, SQuat state)
+  // Pages held (codes, residuals, SQuat state). A shared subspace's state belongs to the
+  // manager (kept for its lifetime) and is not counted here.
+  virtual int64_t pages() const = 0;
 };
 
 }  // namespace squat::kv

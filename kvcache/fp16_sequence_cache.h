@@ -1,0 +1,39 @@
+// Full-precision ("fp16": the model's own dtype) paged cache of one sequence: token slot n of
+// every layer holds position n's k_rot and v. Internal to kvcache/.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "kvcache/kv_cache.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/paged_stores.h"
+
+namespace squat::kv {
+
+class Fp16SequenceCache final : public SequenceKvCache {
+ public:
+  Fp16SequenceCache(const KvModelShape& shape, const KvFormat& format, int64_t max_tokens,
+                    int64_t tokens_per_page, PageLease pages);
+
+  int64_t length() const override { return length_; }
+  const KvFormat& format() const override { return format_; }
+  // Unlike the quantized formats, any T is accepted after the first call (chunked appends).
+  at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre, const at::Tensor& k_rot,
+                    const at::Tensor& v) override;
+  void Commit(int64_t num_tokens) override;
+  int64_t pages() const override { return pages_.size(); }
+
+ private:
+  KvModelShape shape_;
+  KvFormat format_;
+  int64_t max_tokens_;
+  PageLease pages_;
+  Fp16SlotStore slots_;
+  int64_t length_ = 0;
+  std::vector<int64_t> stored_;  // tokens stored per layer (length_ + T between Attend and Commit)
+};
+
+}  // namespace squat::kv

@@ -1,0 +1,812 @@
+// Paged KV cache: formats, page sizing, pool accounting, fp16 attention vs a float64 dense
+// reference, decode equivalence of the quantized formats (T9) and the residual-window state
+// machine (T10) of squat-spec.md.
+#include "kvcache/kv_cache.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kvcache/page_geometry.h"
+#include "kvcache/quantized_sequence_cache.h"
+#include "kvcache/squat_math.h"
+
+namespace squat::kv {
+namespace {
+
+// Fresh randomness every run; the seed is printed on failure.
+class SeededTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    at::manual_seed(seed_);
+    rng_.seed(static_cast<uint32_t>(seed_));
+  }
+  std::string SeedNote() const { return "seed " + std::to_string(seed_); }
+  uint64_t seed_ = 0;
+  std::mt19937 rng_;
+};
+
+KvModelShape SmallShape(int64_t layers = 2, int64_t kv_heads = 2, int64_t n_rep = 2, int64_t head_dim = 64) {
+  KvModelShape shape;
+  shape.num_layers = layers;
+  shape.num_kv_heads = kv_heads;
+  shape.num_attention_heads = kv_heads * n_rep;
+  shape.head_dim = head_dim;
+  shape.compute_dtype = at::kFloat;
+  shape.device = at::kCPU;
+  at::Tensor exponent = at::arange(0, head_dim, 2, at::kFloat) / static_cast<double>(head_dim);
+  shape.inv_freq = at::pow(10000.0, exponent).reciprocal();
+  return shape;
+}
+
+KvFormat Quantized(KvMethod method, int bits_k, int bits_v, int64_t group, int64_t residual) {
+  KvFormat f;
+  f.method = method;
+  f.k_bits = bits_k;
+  f.v_bits = bits_v;
+  f.group_size = group;
+  f.residual_length = residual;
+  f.block_size = 32;
+  f.subspace_dim = 20;
+  f.lambda = 1e-2;
+  return f;
+}
+
+KvFormat Fp16() {
+  KvFormat f;
+  f.method = KvMethod::kFp16;
+  return f;
+}
+
+// Independent byte counts: every tensor of the layout, summed.
+int64_t CountFp16TokenBytes(const KvModelShape& s) {
+  const int64_t per_tensor = s.num_kv_heads * s.head_dim * static_cast<int64_t>(sizeof(float));
+  return s.num_layers * 2 * per_tensor;  // K and V of every layer
+}
+int64_t CountQuantizedBytes(const KvModelShape& s, const KvFormat& f, int64_t tokens) {
+  const int64_t h = s.num_kv_heads, d = s.head_dim, g = f.group_size;
+  const int64_t key_words = h * d * (tokens / (32 / f.k_bits)) * 4;
+  const int64_t value_words = h * tokens * (d / (32 / f.v_bits)) * 4;
+  const int64_t key_meta = 2 * h * d * (tokens / g) * 2;    // fp16 scale + min
+  const int64_t value_meta = 2 * h * tokens * (d / g) * 2;  // fp16 scale + min
+  return s.num_layers * (key_words + value_words + key_meta + value_meta);
+}
+
+std::unique_ptr<KvCacheManager> MakeManager(const KvModelShape& shape, const KvFormat& format, int64_t pages) {
+  const int64_t page_bytes = DefaultPageBytes(shape, format);
+  auto manager = KvCacheManager::Create(shape, format, page_bytes * pages);
+  EXPECT_TRUE(manager.ok()) << manager.status();
+  return manager.ok() ? *std::move(manager) : nullptr;
+}
+
+// ---- float64 references ----
+
+// HF rotate-half RoPE; angles are the float32 products pos * inv_freq (as the model forms
+// them), cos/sin and the rotation in float64.
+at::Tensor Rope64(const at::Tensor& x, int64_t first_position, const at::Tensor& inv_freq) {
+  const int64_t n = x.size(1), half = x.size(2) / 2;
+  at::Tensor positions = at::arange(first_position, first_position + n, at::kFloat);
+  at::Tensor freqs = at::outer(positions, inv_freq).to(at::kDouble);
+  at::Tensor angles = at::cat({freqs, freqs}, -1);
+  at::Tensor xd = x.to(at::kDouble);
+  at::Tensor rotated = at::cat({-xd.narrow(-1, half, half), xd.narrow(-1, 0, half)}, -1);
+  return xd * angles.cos() + rotated * angles.sin();
+}
+
+// Queries [H_q, T, d] at positions [start, start + T) over keys/values [H_kv, start + T, d].
+at::Tensor DenseAttention64(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                            int64_t start) {
+  const int64_t heads = q.size(0), tokens = q.size(1), d = q.size(2), n_rep = heads / keys.size(0);
+  const int64_t total = keys.size(1);
+  at::Tensor out = at::empty({heads, tokens, d}, at::kDouble);
+  at::Tensor hidden = at::arange(total, at::kLong).unsqueeze(0) > at::arange(start, start + tokens, at::kLong).unsqueeze(1);
+  for (int64_t j = 0; j < heads; ++j) {
+    const int64_t h = j / n_rep;
+    at::Tensor scores = q[j].to(at::kDouble).mm(keys[h].to(at::kDouble).t()) / std::sqrt(static_cast<double>(d));
+    scores.masked_fill_(hidden, -std::numeric_limits<double>::infinity());
+    out[j] = at::softmax(scores, -1).mm(values[h].to(at::kDouble));
+  }
+  return out;
+}
+
+double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+// Per-layer inputs of a whole run (prompt + decode tokens).
+struct RunInputs {
+  std::vector<at::Tensor> q_rot, k_pre, k_rot, v;  // [heads, total, d] per layer
+};
+
+RunInputs RandomInputs(const KvModelShape& s, int64_t total) {
+  RunInputs in;
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    in.q_rot.push_back(at::randn({s.num_attention_heads, total, s.head_dim}));
+    // A per-channel offset, as real keys have, so min-max groups are not centred at zero.
+    at::Tensor k = at::randn({s.num_kv_heads, total, s.head_dim}) + 2.0 * at::randn({s.num_kv_heads, 1, s.head_dim});
+    in.k_pre.push_back(k);
+    in.k_rot.push_back(Rope64(k, 0, s.inv_freq).to(at::kFloat));
+    in.v.push_back(at::randn({s.num_kv_heads, total, s.head_dim}));
+  }
+  return in;
+}
+
+// Attends positions [start, start + count) of every layer and commits; returns each layer's output.
+std::vector<at::Tensor> Step(SequenceKvCache& cache, const RunInputs& in, int64_t start, int64_t count) {
+  std::vector<at::Tensor> outs;
+  for (int64_t l = 0; l < static_cast<int64_t>(in.q_rot.size()); ++l) {
+    outs.push_back(cache.Attend(l, in.q_rot[l].narrow(1, start, count), in.k_pre[l].narrow(1, start, count),
+                                in.k_rot[l].narrow(1, start, count), in.v[l].narrow(1, start, count)));
+  }
+  cache.Commit(count);
+  return outs;
+}
+
+// ---- formats ----
+
+TEST(KvFormatTest, ParsesMethodNames) {
+  EXPECT_EQ(*ParseKvMethod("fp16"), KvMethod::kFp16);
+  EXPECT_EQ(*ParseKvMethod("kivi"), KvMethod::kKivi);
+  EXPECT_EQ(*ParseKvMethod("squat"), KvMethod::kSquatPre);
+  EXPECT_EQ(*ParseKvMethod("squat-pre"), KvMethod::kSquatPre);
+  EXPECT_EQ(*ParseKvMethod("squat_pre"), KvMethod::kSquatPre);
+  EXPECT_EQ(*ParseKvMethod("squat-post"), KvMethod::kSquatPost);
+  EXPECT_EQ(*ParseKvMethod("squat_post"), KvMethod::kSquatPost);
+  for (KvMethod m : {KvMethod::kFp16, KvMethod::kKivi, KvMethod::kSquatPre, KvMethod::kSquatPost}) {
+    EXPECT_EQ(*ParseKvMethod(KvMethodName(m)), m);
+  }
+  absl::StatusOr<KvMethod> bad = ParseKvMethod("int8");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("int8"), std::string::npos);
+}
+
+TEST(KvFormatTest, ValidationNamesTheParameter) {
+  const int64_t d = 64;
+  EXPECT_TRUE(ValidateKvFormat(Quantized(KvMethod::kSquatPre, 2, 4, 32, 64), d).ok());
+  EXPECT_TRUE(ValidateKvFormat(Quantized(KvMethod::kKivi, 4, 4, 16, 32), d).ok());
+  KvFormat fp16 = Fp16();
+  fp16.k_bits = 3;  // ignored by fp16
+  EXPECT_TRUE(ValidateKvFormat(fp16, d).ok());
+
+  struct Case {
+    KvFormat format;
+    const char* names;
+  };
+  std::vector<Case> cases;
+  cases.push_back({Quantized(KvMethod::kKivi, 3, 2, 32, 32), "k_bits"});
+  cases.push_back({Quantized(KvMethod::kKivi, 2, 8, 32, 32), "v_bits"});
+  cases.push_back({Quantized(KvMethod::kKivi, 2, 2, 32, 48), "residual_length"});   // R % G
+  cases.push_back({Quantized(KvMethod::kKivi, 2, 2, 8, 32), "group_size"});         // G % (32/2)
+  cases.push_back({Quantized(KvMethod::kKivi, 4, 4, 8, 36), "residual_length"});    // R % G
+  cases.push_back({Quantized(KvMethod::kKivi, 2, 2, 128, 128), "group_size"});      // d % G
+  KvFormat bad_block = Quantized(KvMethod::kSquatPost, 2, 2, 32, 32);
+  bad_block.block_size = 48;  // d % g
+  cases.push_back({bad_block, "block_size"});
+  KvFormat bad_lambda = Quantized(KvMethod::kSquatPre, 2, 2, 32, 32);
+  bad_lambda.lambda = -1;
+  cases.push_back({bad_lambda, "lambda"});
+  for (const Case& c : cases) {
+    absl::Status s = ValidateKvFormat(c.format, d);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.names;
+    EXPECT_NE(s.message().find(c.names), std::string::npos) << s.message();
+  }
+  // KIVI ignores the SQuat-only block size.
+  KvFormat kivi = Quantized(KvMethod::kKivi, 2, 2, 32, 32);
+  kivi.block_size = 48;
+  EXPECT_TRUE(ValidateKvFormat(kivi, d).ok());
+}
+
+// ---- page sizing ----
+
+TEST(KvPageTest, Fp16DefaultPageHoldsSixteenTokens) {
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Fp16(), 10);
+  ASSERT_TRUE(manager);
+  EXPECT_EQ(manager->stats().page_bytes, 16 * CountFp16TokenBytes(shape));
+  EXPECT_EQ(manager->stats().total_pages, 10);
+  EXPECT_EQ(manager->CapacityTokens(Fp16()), 160);
+  EXPECT_DOUBLE_EQ(manager->BytesPerToken(Fp16()), static_cast<double>(CountFp16TokenBytes(shape)));
+}
+
+TEST(KvPageTest, QuantizedDefaultPageIsWholeResidualBlocksExactlyFilled) {
+  const KvModelShape shape = SmallShape();
+  for (const KvFormat& format :
+       {Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), Quantized(KvMethod::kKivi, 4, 2, 16, 32),
+        Quantized(KvMethod::kSquatPost, 4, 4, 32, 64)}) {
+    // Smallest multiple of R whose bytes reach 16 full-precision tokens.
+    int64_t tokens = format.residual_length;
+    while (CountQuantizedBytes(shape, format, tokens) < 16 * CountFp16TokenBytes(shape)) {
+      tokens += format.residual_length;
+    }
+    auto manager = MakeManager(shape, format, 4);
+    ASSERT_TRUE(manager);
+    EXPECT_EQ(manager->stats().page_bytes, CountQuantizedBytes(shape, format, tokens));
+    EXPECT_EQ(TokensPerPage(shape, format, manager->stats().page_bytes), tokens);
+    // An fp16 override still gets at least 16 tokens a page.
+    EXPECT_GE(TokensPerPage(shape, Fp16(), manager->stats().page_bytes), 16);
+    // Bytes per token vs the independent count (exact: tokens is a multiple of G).
+    EXPECT_DOUBLE_EQ(manager->BytesPerToken(format),
+                     static_cast<double>(CountQuantizedBytes(shape, format, tokens)) / tokens);
+  }
+}
+
+TEST(KvPageTest, OtherFormatsGetWholeGroupsThatFit) {
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 4);
+  ASSERT_TRUE(manager);
+  const int64_t page_bytes = manager->stats().page_bytes;
+  for (const KvFormat& format : {Quantized(KvMethod::kKivi, 4, 4, 32, 32), Quantized(KvMethod::kKivi, 2, 4, 16, 32),
+                                 Quantized(KvMethod::kSquatPost, 4, 2, 32, 64)}) {
+    const int64_t tokens = TokensPerPage(shape, format, page_bytes);
+    EXPECT_GT(tokens, 0);
+    EXPECT_EQ(tokens % format.residual_length, 0);
+    EXPECT_EQ(tokens % format.group_size, 0);
+    EXPECT_LE(CountQuantizedBytes(shape, format, tokens), page_bytes);
+    EXPECT_GT(CountQuantizedBytes(shape, format, tokens + format.residual_length), page_bytes);
+  }
+}
+
+TEST(KvPageTest, FormatThatFitsNoPageIsUnavailable) {
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Fp16(), 8);
+  ASSERT_TRUE(manager);
+  // 16 float32 tokens = 128 bytes per (layer, head, channel); 128 4-bit tokens need 160.
+  const KvFormat too_big = Quantized(KvMethod::kKivi, 4, 4, 32, 128);
+  ASSERT_LT(manager->stats().page_bytes, CountQuantizedBytes(shape, too_big, 128));
+  EXPECT_EQ(manager->CapacityTokens(too_big), 0);
+  auto seq = manager->NewSequence(too_big, 10);
+  ASSERT_FALSE(seq.ok());
+  EXPECT_EQ(seq.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(seq.status().message().find("kivi"), std::string::npos) << seq.status();
+  EXPECT_NE(seq.status().message().find("unavailable"), std::string::npos) << seq.status();
+  // R = 64 fits (80 of 128 bytes per element-slot).
+  EXPECT_GT(manager->CapacityTokens(Quantized(KvMethod::kKivi, 4, 4, 32, 64)), 0);
+}
+
+TEST(KvPageTest, CreateRejectsBadInputs) {
+  KvModelShape shape = SmallShape();
+  EXPECT_EQ(KvCacheManager::Create(shape, Fp16(), 100).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvCacheManager::Create(shape, Quantized(KvMethod::kKivi, 3, 2, 32, 32), 1 << 20).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  shape.num_attention_heads = 3;
+  EXPECT_EQ(KvCacheManager::Create(shape, Fp16(), 1 << 20).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- pool accounting ----
+
+class KvPoolTest : public SeededTest {};
+
+TEST_F(KvPoolTest, RandomSequencesReturnEveryPage) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 40);
+  ASSERT_TRUE(manager);
+  const std::vector<KvFormat> formats = {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
+                                         Quantized(KvMethod::kSquatPre, 2, 2, 32, 32),
+                                         Quantized(KvMethod::kSquatPost, 4, 2, 16, 32),
+                                         Quantized(KvMethod::kKivi, 4, 4, 32, 64)};
+  std::vector<std::unique_ptr<SequenceKvCache>> live;
+  int exhausted = 0, created = 0;
+  for (int i = 0; i < 400; ++i) {
+    if (!live.empty() && rng_() % 3 == 0) {
+      live.erase(live.begin() + rng_() % live.size());
+    } else {
+      const KvFormat& format = formats[rng_() % formats.size()];
+      const int64_t max_tokens = 1 + rng_() % 700;
+      const PoolStats before = manager->stats();
+      auto seq = manager->NewSequence(format, max_tokens);
+      if (seq.ok()) {
+        ++created;
+        EXPECT_EQ((*seq)->length(), 0);
+        EXPECT_EQ(manager->stats().used_pages, before.used_pages + (*seq)->pages());
+        live.push_back(*std::move(seq));
+      } else {
+        ASSERT_EQ(seq.status().code(), absl::StatusCode::kResourceExhausted) << seq.status();
+        ++exhausted;
+        EXPECT_EQ(manager->stats().used_pages, before.used_pages);  // nothing taken
+      }
+    }
+    int64_t held = 0;
+    for (const auto& s : live) held += s->pages();
+    ASSERT_EQ(manager->stats().used_pages, held);
+    ASSERT_LE(held, manager->stats().total_pages);
+  }
+  EXPECT_GT(created, 20);
+  EXPECT_GT(exhausted, 0);  // the pool was full at times
+  live.clear();
+  EXPECT_EQ(manager->stats().used_pages, 0);
+}
+
+TEST_F(KvPoolTest, CapacityIsExactAndFullPoolIsExhausted) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  const int64_t total = 6 + rng_() % 10;
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), total);
+  ASSERT_TRUE(manager);
+  EXPECT_EQ(manager->stats().total_bytes(), total * manager->stats().page_bytes);
+  for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
+                                 Quantized(KvMethod::kSquatPre, 4, 4, 32, 32)}) {
+    const int64_t capacity = manager->CapacityTokens(format);
+    ASSERT_GT(capacity, 0) << KvMethodName(format.method);
+    {
+      auto whole = manager->NewSequence(format, capacity);
+      ASSERT_TRUE(whole.ok()) << whole.status();
+      EXPECT_LE(manager->stats().used_pages, total);
+      // A second one fits the pool but not what is left of it now.
+      auto more = manager->NewSequence(format, capacity);
+      ASSERT_FALSE(more.ok());
+      EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+    }
+    EXPECT_EQ(manager->stats().used_pages, 0);
+    auto too_long = manager->NewSequence(format, capacity + 1);
+    ASSERT_FALSE(too_long.ok());
+    EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument) << too_long.status();
+  }
+  // Fill with 16-token fp16 sequences: one page each, until the pool is full.
+  std::vector<std::unique_ptr<SequenceKvCache>> fill;
+  while (true) {
+    auto seq = manager->NewSequence(Fp16(), 16);
+    if (!seq.ok()) {
+      EXPECT_EQ(seq.status().code(), absl::StatusCode::kResourceExhausted);
+      break;
+    }
+    fill.push_back(*std::move(seq));
+  }
+  EXPECT_EQ(static_cast<int64_t>(fill.size()), total);  // one page each
+  EXPECT_EQ(manager->stats().used_pages, manager->stats().total_pages);
+  EXPECT_EQ(manager->NewSequence(Fp16(), 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KvPoolTest, Fp16SequencePagesAreTokensOverSixteen) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Fp16(), 64);
+  ASSERT_TRUE(manager);
+  for (int i = 0; i < 20; ++i) {
+    const int64_t tokens = 1 + rng_() % 500;
+    auto seq = manager->NewSequence(Fp16(), tokens);
+    ASSERT_TRUE(seq.ok());
+    EXPECT_EQ((*seq)->pages(), (tokens + 15) / 16);
+    EXPECT_EQ(manager->stats().used_pages, (*seq)->pages());
+  }
+}
+
+TEST_F(KvPoolTest, SharedSubspaceStateStaysWithTheManager) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  KvFormat shared = Quantized(KvMethod::kSquatPre, 2, 2, 32, 32);
+  shared.shared_subspace = true;
+  KvFormat own = shared;
+  own.shared_subspace = false;
+  auto manager = MakeManager(shape, shared, 30);
+  ASSERT_TRUE(manager);
+  const int64_t tokens = 100;
+  auto a = manager->NewSequence(shared, tokens);
+  ASSERT_TRUE(a.ok());
+  const int64_t state_pages = manager->stats().used_pages - (*a)->pages();
+  EXPECT_GT(state_pages, 0);  // the shared state is not the sequence's
+  auto b = manager->NewSequence(own, tokens);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->pages(), (*a)->pages() + state_pages);  // a private state, same size
+  a->reset();
+  b->reset();
+  EXPECT_EQ(manager->stats().used_pages, state_pages);
+  auto c = manager->NewSequence(shared, tokens);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(manager->stats().used_pages, state_pages + (*c)->pages());  // reused, not grown
+}
+
+TEST(KvPoolLifetimeTest, SequenceMayOutliveItsManager) {
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 8);
+  ASSERT_TRUE(manager);
+  auto seq = manager->NewSequence(Quantized(KvMethod::kSquatPost, 2, 2, 32, 32), 50);
+  ASSERT_TRUE(seq.ok());
+  manager.reset();
+  const RunInputs in = RandomInputs(shape, 40);
+  Step(**seq, in, 0, 40);
+  EXPECT_EQ((*seq)->length(), 40);
+}
+
+// ---- fp16 format ----
+
+class Fp16AttentionTest : public SeededTest, public ::testing::WithParamInterface<std::tuple<int64_t, bool>> {};
+
+TEST_P(Fp16AttentionTest, MatchesDenseFloat64Attention) {
+  SCOPED_TRACE(SeedNote());
+  const auto [n_rep, quantized_default] = GetParam();
+  const KvModelShape shape = SmallShape(2, 2, n_rep, 64);
+  auto manager = MakeManager(shape, quantized_default ? Quantized(KvMethod::kKivi, 2, 2, 32, 32) : Fp16(), 12);
+  ASSERT_TRUE(manager);
+  const int64_t prompt = 21, steps = 30, total = prompt + steps;
+  auto seq = manager->NewSequence(Fp16(), total);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  const RunInputs in = RandomInputs(shape, total);
+
+  std::vector<at::Tensor> outs = Step(**seq, in, 0, prompt);
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    ASSERT_EQ(outs[l].sizes(), at::IntArrayRef({shape.num_attention_heads, prompt, shape.head_dim}));
+    const at::Tensor ref = DenseAttention64(in.q_rot[l].narrow(1, 0, prompt), in.k_rot[l].narrow(1, 0, prompt),
+                                            in.v[l].narrow(1, 0, prompt), 0);
+    EXPECT_LT(MaxAbsDiff(outs[l], ref), 1e-5) << "prefill layer " << l;
+  }
+  for (int64_t p = prompt; p < total; ++p) {
+    outs = Step(**seq, in, p, 1);
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      const at::Tensor ref = DenseAttention64(in.q_rot[l].narrow(1, p, 1), in.k_rot[l].narrow(1, 0, p + 1),
+                                              in.v[l].narrow(1, 0, p + 1), p);
+      ASSERT_LT(MaxAbsDiff(outs[l], ref), 1e-5) << "decode position " << p << " layer " << l;
+    }
+  }
+  EXPECT_EQ((*seq)->length(), total);
+  EXPECT_THROW(Step(**seq, in, 0, 1), c10::Error);  // beyond max_tokens
+}
+
+INSTANTIATE_TEST_SUITE_P(GqaAndPages, Fp16AttentionTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 4), ::testing::Bool()));
+
+// ---- T9: quantized decode equals dense attention over the dequantized cache ----
+
+struct QuantCase {
+  KvMethod method;
+  int bits;
+  int64_t group;
+  int64_t prompt;  // below, at and above R = 32
+};
+void PrintTo(const QuantCase& c, std::ostream* os) {
+  *os << KvMethodName(c.method) << " " << c.bits << "-bit G=" << c.group << " prompt " << c.prompt;
+}
+
+class QuantizedDecodeTest : public SeededTest, public ::testing::WithParamInterface<QuantCase> {};
+
+// The expected cache contents, built with squat_math on the same inputs in the same chunks
+// as the spec's state machine: the prompt's N_q keys, then R-key flushes; values per token.
+class ReferenceCache {
+ public:
+  ReferenceCache(const KvModelShape& shape, const KvFormat& format, const RunInputs& in, int64_t prompt,
+                 const RunInputs* subspace_prompt = nullptr)
+      : shape_(shape), format_(format), in_(in) {
+    const RunInputs& sub = subspace_prompt ? *subspace_prompt : in;
+    const int64_t n_rep = shape.num_attention_heads / shape.num_kv_heads, d = shape.head_dim;
+    const int64_t sub_tokens = subspace_prompt ? sub.q_rot[0].size(1) : prompt;
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      std::vector<std::vector<at::Tensor>> layer;
+      for (int64_t h = 0; h < shape.num_kv_heads; ++h) {
+        std::vector<at::Tensor> c;
+        if (format.method != KvMethod::kKivi) {
+          at::Tensor rows = sub.q_rot[l].narrow(0, h * n_rep, n_rep).narrow(1, 0, sub_tokens).reshape({-1, d});
+          const QuerySubspace s = SubspaceFromGram(QueryGram(rows), format.subspace_dim, n_rep * sub_tokens);
+          for (const at::Tensor& m : CompensationMatrices(s, format.lambda, d, format.block_size)) {
+            c.push_back(m.to(at::kFloat));
+          }
+        }
+        layer.push_back(c);
+      }
+      compensation_.push_back(layer);
+      key_codes_.emplace_back(shape.num_kv_heads);
+      value_codes_.emplace_back();
+      dequant_keys_.push_back(at::empty({shape.num_kv_heads, 0, d}));
+      dequant_values_.push_back(at::empty({shape.num_kv_heads, 0, d}));
+    }
+    const int64_t r = format.residual_length;
+    QuantizeKeysUpTo(prompt - prompt % r);
+  }
+
+  const at::Tensor& Keys(int64_t layer) const { return format_.method == KvMethod::kSquatPre ? in_.k_pre[layer] : in_.k_rot[layer]; }
+
+  // Keys [0, n) quantized in one chunk starting where the previous one ended.
+  void QuantizeKeysUpTo(int64_t n) {
+    const int64_t from = dequant_keys_[0].size(1);
+    if (n <= from) return;
+    for (int64_t l = 0; l < shape_.num_layers; ++l) {
+      std::vector<at::Tensor> heads;
+      for (int64_t h = 0; h < shape_.num_kv_heads; ++h) {
+        const QuantizedTensor q = QuantizeKeys(Keys(l)[h].narrow(0, from, n - from).contiguous(), format_.k_bits,
+                                               format_.group_size, format_.block_size, compensation_[l][h], at::kHalf);
+        key_codes_[l][h].push_back(q);
+        heads.push_back(DequantizeKeys(q, format_.group_size, at::kFloat));
+      }
+      dequant_keys_[l] = at::cat({dequant_keys_[l], at::stack(heads)}, 1);
+    }
+  }
+  void QuantizeValuesUpTo(int64_t n) {
+    const int64_t from = dequant_values_[0].size(1);
+    if (n <= from) return;
+    for (int64_t l = 0; l < shape_.num_layers; ++l) {
+      const int64_t h = shape_.num_kv_heads, d = shape_.head_dim;
+      const QuantizedTensor q = QuantizeValues(in_.v[l].narrow(1, from, n - from).reshape({-1, d}).contiguous(),
+                                               format_.v_bits, format_.group_size, at::kHalf);
+      value_codes_[l].push_back(q);
+      dequant_values_[l] = at::cat(
+          {dequant_values_[l], DequantizeValues(q, format_.group_size, at::kFloat).view({h, n - from, d})}, 1);
+    }
+  }
+
+  // Expected output of the decode step at position p (before the step: N_q = p - p mod R
+  // quantized keys, N_v = max(0, p - R) quantized values; everything after is exact).
+  at::Tensor DecodeOutput(int64_t layer, int64_t p) {
+    const int64_t r = format_.residual_length;
+    const int64_t n_q = p - p % r, n_v = std::max<int64_t>(0, p - r);
+    QuantizeKeysUpTo(n_q);
+    QuantizeValuesUpTo(n_v);
+    at::Tensor keys = at::cat({dequant_keys_[layer].narrow(1, 0, n_q), Keys(layer).narrow(1, n_q, p + 1 - n_q)}, 1);
+    keys = format_.method == KvMethod::kSquatPre ? Rope64(keys, 0, shape_.inv_freq) : keys.to(at::kDouble);
+    at::Tensor values =
+        at::cat({dequant_values_[layer].narrow(1, 0, n_v), in_.v[layer].narrow(1, n_v, p + 1 - n_v)}, 1);
+    return DenseAttention64(in_.q_rot[layer].narrow(1, p, 1), keys, values, p);
+  }
+
+  // Packed words of the quantized tokens, as the pages should hold them.
+  at::Tensor KeyWords(int64_t layer, int64_t h) const {
+    std::vector<at::Tensor> codes;
+    for (const QuantizedTensor& q : key_codes_[layer][h]) codes.push_back(q.codes);
+    return PackLastDim(at::cat(codes, 0).t().contiguous(), format_.k_bits);  // [d, N_q / fpi]
+  }
+  at::Tensor ValueWords(int64_t layer) const {
+    std::vector<at::Tensor> codes;
+    for (const QuantizedTensor& q : value_codes_[layer]) {
+      codes.push_back(q.codes.view({shape_.num_kv_heads, -1, shape_.head_dim}));
+    }
+    return PackLastDim(at::cat(codes, 1), format_.v_bits);  // [H, N_v, d / fpi]
+  }
+  at::Tensor KeyScales(int64_t layer, int64_t h) const {
+    std::vector<at::Tensor> s;
+    for (const QuantizedTensor& q : key_codes_[layer][h]) s.push_back(q.scale);
+    return at::cat(s, 0).t().contiguous();  // [d, N_q / G]
+  }
+
+ private:
+  KvModelShape shape_;
+  KvFormat format_;
+  const RunInputs& in_;
+  std::vector<std::vector<std::vector<at::Tensor>>> compensation_;     // [layer][head][i]
+  std::vector<std::vector<std::vector<QuantizedTensor>>> key_codes_;   // [layer][head][chunk]
+  std::vector<std::vector<QuantizedTensor>> value_codes_;              // [layer][chunk] of [H * n, d]
+  std::vector<at::Tensor> dequant_keys_, dequant_values_;              // [H, n, d] per layer
+};
+
+TEST_P(QuantizedDecodeTest, OutputEqualsDenseAttentionOverDequantizedCache) {
+  SCOPED_TRACE(SeedNote());
+  const QuantCase c = GetParam();
+  const KvModelShape shape = SmallShape();
+  const KvFormat format = Quantized(c.method, c.bits, c.bits, c.group, 32);
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 16);
+  ASSERT_TRUE(manager);
+  // Long enough to cross a page boundary of the quantized pages, several flushes and slides.
+  const int64_t tokens_per_page = TokensPerPage(shape, format, manager->stats().page_bytes);
+  const int64_t prompt = c.prompt, total = tokens_per_page + 32 + 20;  // N_v > one page
+  auto seq = manager->NewSequence(format, total);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  auto* cache = dynamic_cast<QuantizedSequenceCache*>(seq->get());
+  ASSERT_NE(cache, nullptr);
+  const RunInputs in = RandomInputs(shape, total);
+  ReferenceCache ref(shape, format, in, prompt);
+
+  std::vector<at::Tensor> outs = Step(**seq, in, 0, prompt);
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    const at::Tensor dense = DenseAttention64(in.q_rot[l].narrow(1, 0, prompt), in.k_rot[l].narrow(1, 0, prompt),
+                                              in.v[l].narrow(1, 0, prompt), 0);
+    EXPECT_LT(MaxAbsDiff(outs[l], dense), 1e-5) << "prefill is full precision, layer " << l;
+  }
+  double worst = 0, quantization_effect = 0;
+  for (int64_t p = prompt; p < total; ++p) {
+    outs = Step(**seq, in, p, 1);
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      const at::Tensor expected = ref.DecodeOutput(l, p);
+      const double diff = MaxAbsDiff(outs[l], expected);
+      worst = std::max(worst, diff);
+      ASSERT_LT(diff, 1e-4) << "decode position " << p << " layer " << l;
+      // The same step over exact keys and values, to see that quantization matters here.
+      at::Tensor exact_keys = c.method == KvMethod::kSquatPre ? Rope64(in.k_pre[l].narrow(1, 0, p + 1), 0, shape.inv_freq)
+                                                              : in.k_rot[l].narrow(1, 0, p + 1);
+      const at::Tensor exact = DenseAttention64(in.q_rot[l].narrow(1, p, 1), exact_keys, in.v[l].narrow(1, 0, p + 1), p);
+      quantization_effect = std::max(quantization_effect, MaxAbsDiff(exact, expected));
+    }
+  }
+  EXPECT_GT(quantization_effect, 100 * worst);  // the comparison is sensitive to the quantized part
+
+  // The pages hold exactly the packed codes and scales of the reference quantization.
+  const int64_t n_q = total - total % 32, n_v = total - 32;
+  ref.QuantizeKeysUpTo(n_q);
+  ref.QuantizeValuesUpTo(n_v);
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    const PackedKeys keys = cache->quantized_store().ReadKeys(l, n_q);
+    for (int64_t h = 0; h < shape.num_kv_heads; ++h) {
+      EXPECT_TRUE(at::equal(keys.words[h], ref.KeyWords(l, h))) << "layer " << l << " head " << h;
+      EXPECT_TRUE(at::equal(keys.scale[h], ref.KeyScales(l, h)));
+    }
+    EXPECT_TRUE(at::equal(cache->quantized_store().ReadValues(l, n_v).words, ref.ValueWords(l)));
+  }
+  // Byte layout of the first page (what the CUDA kernels will read): per layer, K words
+  // [H, d, tpp / fpi_K] then V words [H, tpp, d / fpi_V], int32.
+  const PageLease& pages = cache->data_pages();
+  const int64_t h = shape.num_kv_heads, d = shape.head_dim;
+  const int64_t layer_bytes = CountQuantizedBytes(shape, format, tokens_per_page) / shape.num_layers;
+  const int64_t key_words = tokens_per_page / (32 / c.bits), value_words = d / (32 / c.bits);
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    at::Tensor page_keys = pages.pool().View(pages.pages()[0], l * layer_bytes, h * d * key_words, at::kInt)
+                               .view({h, d, key_words});
+    at::Tensor page_values = pages.pool()
+                                 .View(pages.pages()[0], l * layer_bytes + h * d * key_words * 4,
+                                       h * tokens_per_page * value_words, at::kInt)
+                                 .view({h, tokens_per_page, value_words});
+    for (int64_t i = 0; i < h; ++i) {
+      EXPECT_TRUE(at::equal(page_keys[i], ref.KeyWords(l, i).narrow(1, 0, key_words)));
+    }
+    EXPECT_TRUE(at::equal(page_values, ref.ValueWords(l).narrow(1, 0, tokens_per_page)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, QuantizedDecodeTest,
+    ::testing::Values(QuantCase{KvMethod::kKivi, 2, 32, 37}, QuantCase{KvMethod::kKivi, 4, 32, 5},
+                      QuantCase{KvMethod::kSquatPre, 2, 32, 37}, QuantCase{KvMethod::kSquatPre, 4, 16, 20},
+                      QuantCase{KvMethod::kSquatPost, 2, 16, 64}, QuantCase{KvMethod::kSquatPost, 4, 32, 5}),
+    [](const ::testing::TestParamInfo<QuantCase>& info) {
+      const char* name = info.param.method == KvMethod::kSquatPost ? "squat_post" : KvMethodName(info.param.method);
+      return std::string(name) + "_" + std::to_string(info.param.bits) + "bit_G" + std::to_string(info.param.group);
+    });
+
+// A shared subspace is built from the first prompt and used for later sequences' keys.
+TEST_F(KvPoolTest, SharedSubspaceQuantizesWithTheFirstPrompt) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  KvFormat format = Quantized(KvMethod::kSquatPost, 2, 2, 32, 32);
+  format.shared_subspace = true;
+  format.lambda = 0.5;  // strong enough that the two prompts' compensations differ visibly
+  format.subspace_dim = 8;
+  auto manager = MakeManager(shape, format, 20);
+  ASSERT_TRUE(manager);
+  const int64_t prompt = 64;
+  const RunInputs first = RandomInputs(shape, prompt), second = RandomInputs(shape, prompt);
+  auto a = manager->NewSequence(format, prompt);
+  auto b = manager->NewSequence(format, prompt);
+  ASSERT_TRUE(a.ok() && b.ok());
+  Step(**a, first, 0, prompt);
+  Step(**b, second, 0, prompt);
+  ReferenceCache with_first(shape, format, second, prompt, &first);
+  ReferenceCache with_own(shape, format, second, prompt);
+  auto* cache = dynamic_cast<QuantizedSequenceCache*>(b->get());
+  ASSERT_NE(cache, nullptr);
+  bool differs_from_own = false;
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    const PackedKeys keys = cache->quantized_store().ReadKeys(l, prompt);
+    for (int64_t h = 0; h < shape.num_kv_heads; ++h) {
+      EXPECT_TRUE(at::equal(keys.words[h], with_first.KeyWords(l, h)));
+      differs_from_own |= !at::equal(keys.words[h], with_own.KeyWords(l, h));
+    }
+  }
+  EXPECT_TRUE(differs_from_own);
+}
+
+// ---- the same code on a CUDA device (skipped without one) ----
+
+TEST_F(KvPoolTest, CudaMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape cpu_shape = SmallShape();
+  KvModelShape gpu_shape = cpu_shape;
+  gpu_shape.device = at::Device(at::kCUDA, 0);
+  gpu_shape.inv_freq = cpu_shape.inv_freq.to(gpu_shape.device);
+  const int64_t prompt = 37, total = 120;
+  const RunInputs in = RandomInputs(cpu_shape, total);
+  RunInputs gpu_in;
+  for (int64_t l = 0; l < cpu_shape.num_layers; ++l) {
+    gpu_in.q_rot.push_back(in.q_rot[l].to(gpu_shape.device));
+    gpu_in.k_pre.push_back(in.k_pre[l].to(gpu_shape.device));
+    gpu_in.k_rot.push_back(in.k_rot[l].to(gpu_shape.device));
+    gpu_in.v.push_back(in.v[l].to(gpu_shape.device));
+  }
+  for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
+                                 Quantized(KvMethod::kSquatPre, 4, 2, 32, 32),
+                                 Quantized(KvMethod::kSquatPost, 2, 4, 16, 32)}) {
+    SCOPED_TRACE(KvMethodName(format.method));
+    auto cpu_manager = MakeManager(cpu_shape, format, 16);
+    auto gpu_manager = MakeManager(gpu_shape, format, 16);
+    ASSERT_TRUE(cpu_manager && gpu_manager);
+    auto cpu_seq = cpu_manager->NewSequence(format, total);
+    auto gpu_seq = gpu_manager->NewSequence(format, total);
+    ASSERT_TRUE(cpu_seq.ok() && gpu_seq.ok());
+    double worst = 0;
+    for (int64_t p = 0; p < total; p = p == 0 ? prompt : p + 1) {
+      const int64_t count = p == 0 ? prompt : 1;
+      const std::vector<at::Tensor> a = Step(**cpu_seq, in, p, count), b = Step(**gpu_seq, gpu_in, p, count);
+      for (size_t l = 0; l < a.size(); ++l) {
+        ASSERT_TRUE(b[l].device().is_cuda());
+        worst = std::max(worst, MaxAbsDiff(a[l], b[l].cpu()));
+      }
+    }
+    // Rounding differs between devices; a flipped quantization code would show as ~1e-2.
+    EXPECT_LT(worst, 2e-3);
+    std::cout << KvMethodName(format.method) << ": max |cuda - cpu| = " << worst << "\n";
+  }
+}
+
+// ---- T10: residual-window state machine ----
+
+class WindowStateTest : public SeededTest {};
+
+TEST_F(WindowStateTest, InvariantsAndFlushesFollowTheSpec) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  const int64_t r = 32;
+  const KvFormat format = Quantized(KvMethod::kSquatPre, 2, 2, 16, r);
+  auto manager = MakeManager(shape, format, 24);
+  ASSERT_TRUE(manager);
+  for (int64_t prompt : {int64_t{1}, r - 1, r, r + 1, 3 * r + 5}) {
+    SCOPED_TRACE("L = " + std::to_string(prompt));
+    const int64_t steps = 2 * r + 3;
+    auto seq = manager->NewSequence(format, prompt + steps);
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    auto* cache = dynamic_cast<QuantizedSequenceCache*>(seq->get());
+    ASSERT_NE(cache, nullptr);
+    const RunInputs in = RandomInputs(shape, prompt + steps);
+    int64_t flushes = 0;
+    for (int64_t n = 0; n <= steps; ++n) {
+      const int64_t total = prompt + n;
+      if (n == 0) {
+        Step(**seq, in, 0, prompt);
+      } else {
+        Step(**seq, in, total - 1, 1);
+      }
+      const bool flush = n > 0 && total % r == 0;
+      flushes += flush;
+      for (int64_t l = 0; l < shape.num_layers; ++l) {
+        const WindowState& w = cache->window(l);
+        ASSERT_EQ(w.residual_keys, total % r) << "n = " << n;
+        ASSERT_EQ(w.quantized_keys, total - total % r) << "n = " << n;
+        ASSERT_EQ(w.residual_values, std::min(r, total)) << "n = " << n;
+        ASSERT_EQ(w.quantized_values, std::max<int64_t>(0, total - r)) << "n = " << n;
+        ASSERT_EQ(w.step_flushed, flush) << "n = " << n;
+        ASSERT_EQ(w.key_flushes, flushes) << "n = " << n;
+        if (flush) {
+          // The flushing step read that whole block in full precision.
+          EXPECT_EQ(w.step_residual_keys, r);
+          EXPECT_EQ(w.step_quantized_keys, total - r);
+        } else if (n > 0) {
+          EXPECT_EQ(w.step_residual_keys, total % r);
+          EXPECT_EQ(w.step_quantized_keys, total - total % r);
+        }
+      }
+    }
+    EXPECT_EQ((*seq)->length(), prompt + steps);
+  }
+  EXPECT_EQ(manager->stats().used_pages, 0);
+}
+
+TEST_F(WindowStateTest, RejectsMisuse) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kKivi, 2, 2, 32, 32), 8);
+  ASSERT_TRUE(manager);
+  auto seq = manager->NewSequence(Quantized(KvMethod::kKivi, 2, 2, 32, 32), 40);
+  ASSERT_TRUE(seq.ok());
+  const RunInputs in = RandomInputs(shape, 40);
+  Step(**seq, in, 0, 10);
+  EXPECT_THROW(Step(**seq, in, 10, 2), c10::Error);  // decode takes one token
+  SequenceKvCache& cache = **seq;
+  cache.Attend(0, in.q_rot[0].narrow(1, 10, 1), in.k_pre[0].narrow(1, 10, 1), in.k_rot[0].narrow(1, 10, 1),
+               in.v[0].narrow(1, 10, 1));
+  EXPECT_THROW(cache.Attend(0, in.q_rot[0].narrow(1, 10, 1), in.k_pre[0].narrow(1, 10, 1),
+                            in.k_rot[0].narrow(1, 10, 1), in.v[0].narrow(1, 10, 1)),
+               c10::Error);             // twice before Commit
+  EXPECT_THROW(cache.Commit(1), c10::Error);  // layer 1 has not attended
+  EXPECT_THROW(cache.Attend(1, in.q_rot[1].narrow(1, 10, 1).to(at::kDouble), in.k_pre[1].narrow(1, 10, 1),
+                            in.k_rot[1].narrow(1, 10, 1), in.v[1].narrow(1, 10, 1)),
+               c10::Error);  // wrong dtype
+}
+
+}  // namespace
+}  // namespace squat::kv
