@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "kvcache/dense_kv_cache.h"
+#include "kvcache/kv_cache.h"
 #include "runtime/llama_model.h"
 #include "runtime/log.h"
 #include "runtime/model_config.h"
@@ -35,18 +35,19 @@ double SecondsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// KV formats this build can run. The quantized formats (kivi, squat, squat-post) arrive
-// with the paged cache (issue 3); until then they are rejected with a clear message.
-const std::vector<std::string>& AvailableKvFormats() {
-  static const std::vector<std::string> formats = {"fp16"};
-  return formats;
-}
-
-absl::Status ValidateKvFormat(const std::string& method) {
-  const auto& formats = AvailableKvFormats();
-  if (std::find(formats.begin(), formats.end(), method) != formats.end()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("unknown KV cache method '", method,
-                                                 "'; available: ", absl::StrJoin(formats, ", ")));
+// The engine-wide KV format from the flags; requests may override method and bits.
+kv::KvFormat DefaultKvFormat(const EngineOptions& o, int64_t head_dim, kv::KvMethod method) {
+  kv::KvFormat f;
+  f.method = method;
+  f.k_bits = method == kv::KvMethod::kFp16 ? 16 : o.kv_k_bits;
+  f.v_bits = method == kv::KvMethod::kFp16 ? 16 : o.kv_v_bits;
+  f.group_size = o.kv_group_size;
+  f.residual_length = o.kv_residual_length;
+  f.block_size = o.kv_block_size > 0 ? o.kv_block_size : head_dim / 2;
+  f.subspace_dim = o.kv_subspace_dim;
+  f.lambda = o.kv_lambda;
+  f.shared_subspace = o.kv_shared_subspace;
+  return f;
 }
 
 // eos ids from config.json, extended by generation_config.json when present.
@@ -77,6 +78,7 @@ std::vector<int32_t> LoadEosTokenIds(const std::string& model_dir, const ModelCo
 struct PendingRequest {
   GenerateRequest request;
   std::vector<int32_t> prompt_ids;
+  kv::KvFormat kv_format;
   std::shared_ptr<RequestStream> stream;
   Clock::time_point submitted;
 };
@@ -85,12 +87,13 @@ class EngineImpl : public Engine {
  public:
   EngineImpl(EngineOptions options, ModelConfig config, std::unique_ptr<Tokenizer> tokenizer,
              std::unique_ptr<CheckpointReader> checkpoint, std::unique_ptr<LlamaModel> model,
-             std::vector<int32_t> eos_ids)
+             std::unique_ptr<kv::KvCacheManager> kv_manager, std::vector<int32_t> eos_ids)
       : options_(std::move(options)),
         config_(std::move(config)),
         tokenizer_(std::move(tokenizer)),
         checkpoint_(std::move(checkpoint)),
         model_(std::move(model)),
+        kv_manager_(std::move(kv_manager)),
         eos_ids_(eos_ids.begin(), eos_ids.end()),
         eos_list_(std::move(eos_ids)) {
     max_model_len_ = options_.max_model_len > 0
@@ -99,6 +102,7 @@ class EngineImpl : public Engine {
     max_prompt_tokens_ =
         options_.max_prompt_tokens > 0 ? std::min<int64_t>(options_.max_prompt_tokens, max_model_len_ - 1)
                                        : max_model_len_ - 1;
+    UpdatePoolUsage();
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -137,12 +141,13 @@ class EngineImpl : public Engine {
                                                      options_.max_tokens_limit));
     }
     if (auto status = ValidateSamplingParams(sampling); !status.ok()) return status;
-    if (request.kv_method.empty()) request.kv_method = options_.kv_format;
-    if (auto status = ValidateKvFormat(request.kv_method); !status.ok()) return status;
-    if (request.k_bits != 0 || request.v_bits != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("k_bits/v_bits apply to quantized KV methods only; '", request.kv_method,
-                       "' stores keys and values in full precision"));
+    auto format = ResolveKvFormat(request);
+    if (!format.ok()) return format.status();
+    const int64_t capacity = kv_manager_->CapacityTokens(*format);
+    if (static_cast<int64_t>(prompt_ids.size()) >= capacity) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt has ", prompt_ids.size(), " tokens; the KV pool holds at most ",
+                                                     capacity, " tokens of one sequence in format '",
+                                                     kv::KvMethodName(format->method), "'"));
     }
 
     auto stream = std::make_shared<RequestStream>(request.request_id);
@@ -152,7 +157,7 @@ class EngineImpl : public Engine {
         return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_waiting,
                                                          " waiting); retry later"));
       }
-      waiting_.push_back(PendingRequest{std::move(request), std::move(prompt_ids), stream, Clock::now()});
+      waiting_.push_back(PendingRequest{std::move(request), std::move(prompt_ids), *format, stream, Clock::now()});
     }
     cv_.notify_all();
     return stream;
@@ -187,18 +192,28 @@ class EngineImpl : public Engine {
     d.device = model_->device().str();
     d.eos_token_ids = eos_list_;
     d.weight_bytes = model_->weight_bytes();
-    KvFormatDescription fp16;
-    fp16.method = "fp16";
-    // The full-precision cache stores keys and values in the model's compute dtype.
-    const int64_t elem = c10::elementSize(model_->dtype());
-    fp16.k_bits = fp16.v_bits = static_cast<int32_t>(elem * 8);
-    fp16.bytes_per_token =
-        2.0 * config_.num_hidden_layers * config_.num_key_value_heads * config_.head_dim * elem;
-    // One sequence at a time, each with a cache of up to max_model_len tokens.
-    fp16.capacity_tokens = static_cast<uint64_t>(max_model_len_);
-    fp16.is_default = options_.kv_format == "fp16";
-    d.kv_formats.push_back(fp16);
+    for (const kv::KvFormat& f : ListedFormats()) {
+      KvFormatDescription desc;
+      desc.method = kv::KvMethodName(f.method);
+      // The full-precision format stores the model's dtype (float32 on CPU, fp16/bf16 on GPU).
+      const int32_t full_bits = static_cast<int32_t>(c10::elementSize(model_->dtype()) * 8);
+      desc.k_bits = f.method == kv::KvMethod::kFp16 ? full_bits : f.k_bits;
+      desc.v_bits = f.method == kv::KvMethod::kFp16 ? full_bits : f.v_bits;
+      desc.bytes_per_token = kv_manager_->BytesPerToken(f);
+      desc.capacity_tokens = static_cast<uint64_t>(std::max<int64_t>(0, kv_manager_->CapacityTokens(f)));
+      const kv::KvFormat& def = kv_manager_->default_format();
+      desc.is_default = f.method == def.method && f.k_bits == def.k_bits && f.v_bits == def.v_bits;
+      d.kv_formats.push_back(desc);
+    }
     return d;
+  }
+
+  KvPoolUsage PoolUsage() const override {
+    KvPoolUsage usage;
+    usage.page_bytes = pool_page_bytes_.load();
+    usage.total_pages = pool_total_pages_.load();
+    usage.used_pages = pool_used_pages_.load();
+    return usage;
   }
 
   void StopAccepting() override { accepting_.store(false); }
@@ -219,6 +234,64 @@ class EngineImpl : public Engine {
   }
 
  private:
+  // The request's method and bits over the engine default; everything else from the flags.
+  absl::StatusOr<kv::KvFormat> ResolveKvFormat(const GenerateRequest& request) const {
+    const kv::KvFormat& def = kv_manager_->default_format();
+    kv::KvMethod method = def.method;
+    if (!request.kv_method.empty()) {
+      auto parsed = kv::ParseKvMethod(request.kv_method);
+      if (!parsed.ok()) return parsed.status();
+      method = *parsed;
+    }
+    kv::KvFormat f = DefaultKvFormat(options_, config_.head_dim, method);
+    if (method == kv::KvMethod::kFp16) {
+      if (request.k_bits != 0 || request.v_bits != 0) {
+        return absl::InvalidArgumentError(
+            "k_bits/v_bits apply to quantized KV methods only; 'fp16' stores keys and values in full precision");
+      }
+    } else {
+      if (request.k_bits != 0) f.k_bits = request.k_bits;
+      if (request.v_bits != 0) f.v_bits = request.v_bits;
+    }
+    if (auto status = kv::ValidateKvFormat(f, config_.head_dim); !status.ok()) return status;
+    if (kv_manager_->CapacityTokens(f) <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("KV format '", kv::KvMethodName(method), "' with k_bits ",
+                                                     f.k_bits, ", v_bits ", f.v_bits,
+                                                     " does not fit this server's page size"));
+    }
+    return f;
+  }
+
+  // What GetModelInfo lists: fp16, and each quantized method at 2 and 4 bits (K = V).
+  std::vector<kv::KvFormat> ListedFormats() const {
+    std::vector<kv::KvFormat> formats;
+    formats.push_back(DefaultKvFormat(options_, config_.head_dim, kv::KvMethod::kFp16));
+    for (kv::KvMethod m : {kv::KvMethod::kKivi, kv::KvMethod::kSquatPre, kv::KvMethod::kSquatPost}) {
+      for (int bits : {2, 4}) {
+        kv::KvFormat f = DefaultKvFormat(options_, config_.head_dim, m);
+        f.k_bits = f.v_bits = bits;
+        if (kv::ValidateKvFormat(f, config_.head_dim).ok() && kv_manager_->CapacityTokens(f) > 0) {
+          formats.push_back(f);
+        }
+      }
+    }
+    // The default may use other bits (e.g. K4V2): list it too.
+    const kv::KvFormat& def = kv_manager_->default_format();
+    bool listed = false;
+    for (const auto& f : formats) {
+      listed |= f.method == def.method && f.k_bits == def.k_bits && f.v_bits == def.v_bits;
+    }
+    if (!listed) formats.push_back(def);
+    return formats;
+  }
+
+  void UpdatePoolUsage() {
+    const kv::PoolStats stats = kv_manager_->stats();
+    pool_page_bytes_.store(stats.page_bytes);
+    pool_total_pages_.store(stats.total_pages);
+    pool_used_pages_.store(stats.used_pages);
+  }
+
   std::string NewRequestId() {
     static std::atomic<uint64_t> counter{0};
     std::mt19937_64 rng(std::random_device{}());
@@ -271,7 +344,9 @@ class EngineImpl : public Engine {
     const auto started = Clock::now();
     const auto& sampling = req.request.sampling;
     const int64_t prompt_len = static_cast<int64_t>(req.prompt_ids.size());
-    const int64_t budget = std::min<int64_t>(sampling.max_tokens, max_model_len_ - prompt_len);
+    const int64_t budget = std::min<int64_t>(
+        {static_cast<int64_t>(sampling.max_tokens), max_model_len_ - prompt_len,
+         kv_manager_->CapacityTokens(req.kv_format) - prompt_len});
     std::vector<int32_t> generated;
     Timings timings;
     timings.queue_seconds = SecondsBetween(req.submitted, started);
@@ -282,7 +357,10 @@ class EngineImpl : public Engine {
       if (ShouldAbort(req)) {
         reason = FinishReason::kCancelled;
       } else {
-        auto cache = model_->NewCache(prompt_len + budget);
+        auto cache_or = kv_manager_->NewSequence(req.kv_format, prompt_len + budget);
+        if (!cache_or.ok()) throw std::runtime_error(std::string(cache_or.status().message()));
+        std::unique_ptr<kv::SequenceKvCache> cache = *std::move(cache_or);
+        UpdatePoolUsage();
         Sampler sampler(sampling, req.prompt_ids, std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32));
         StreamingDecoder decoder(*tokenizer_);
         StopMatcher stops(sampling.stop);
@@ -338,6 +416,7 @@ class EngineImpl : public Engine {
       if (auto nl = error.find('\n'); nl != std::string::npos) error.resize(nl);
       log::Error(absl::StrCat("request ", req.request.request_id, ": generation failed: ", error));
     }
+    UpdatePoolUsage();  // the sequence's pages went back to the pool with its cache
     GenerationEvent last;
     last.finished = true;
     last.finish_reason = reason;
@@ -355,11 +434,13 @@ class EngineImpl : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<CheckpointReader> checkpoint_;  // keeps the weight mapping alive while loading
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<kv::KvCacheManager> kv_manager_;  // used by the engine thread only
   const std::unordered_set<int32_t> eos_ids_;
   const std::vector<int32_t> eos_list_;
   int64_t max_model_len_ = 0;
   int64_t max_prompt_tokens_ = 0;
 
+  std::atomic<int64_t> pool_page_bytes_{0}, pool_total_pages_{0}, pool_used_pages_{0};
   std::atomic<bool> accepting_{true};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -378,7 +459,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   if (!fs::is_directory(dir)) {
     return absl::NotFoundError(absl::StrCat("model directory '", options.model_dir, "' does not exist"));
   }
-  if (auto status = ValidateKvFormat(options.kv_format); !status.ok()) return status;
+  auto default_method = kv::ParseKvMethod(options.kv_format);
+  if (!default_method.ok()) return default_method.status();
   const auto t0 = Clock::now();
   auto config = LoadModelConfig((dir / "config.json").string());
   if (!config.ok()) return config.status();
@@ -399,9 +481,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   auto model = LlamaModel::Load(**checkpoint, *config, load);
   if (!model.ok()) return model.status();
   log::Info(absl::StrFormat("model loaded in %.2f s", SecondsBetween(t0, Clock::now())));
+  const kv::KvFormat default_format = DefaultKvFormat(options, config->head_dim, *default_method);
+  if (auto status = kv::ValidateKvFormat(default_format, config->head_dim); !status.ok()) return status;
+  const int64_t pool_bytes = options.kv_pool_bytes > 0 ? options.kv_pool_bytes : (int64_t{1} << 30);
+  auto kv_manager = kv::KvCacheManager::Create((*model)->kv_shape(), default_format, pool_bytes);
+  if (!kv_manager.ok()) return kv_manager.status();
+  const kv::PoolStats pool = (*kv_manager)->stats();
+  log::Info(absl::StrFormat("KV pool: %.1f MiB in %d pages of %d bytes; default format %s K%dV%d", pool.total_bytes() / 1048576.0,
+                            pool.total_pages, pool.page_bytes, kv::KvMethodName(default_format.method),
+                            default_format.k_bits, default_format.v_bits));
   auto eos = LoadEosTokenIds(options.model_dir, *config);
   return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(config), *std::move(tokenizer),
-                                                *std::move(checkpoint), *std::move(model), std::move(eos)));
+                                                *std::move(checkpoint), *std::move(model),
+                                                *std::move(kv_manager), std::move(eos)));
 }
 
 }  // namespace squat

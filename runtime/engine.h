@@ -22,7 +22,18 @@ struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";
   std::string dtype = "auto";
-  std::string kv_format = "fp16";  // default KV-cache format
+  // Default KV-cache format: "squat" (pre-RoPE keys), "squat-post", "kivi" or "fp16" (full
+  // precision in the model's dtype), with the spec's parameters (squat-spec.md section 1).
+  std::string kv_format = "squat";
+  int32_t kv_k_bits = 2;
+  int32_t kv_v_bits = 2;
+  int32_t kv_group_size = 32;       // G
+  int32_t kv_residual_length = 32;  // R
+  int32_t kv_block_size = 0;        // g; 0: head_dim / 2 (two channel blocks, e.g. 64 for d = 128)
+  int32_t kv_subspace_dim = 60;     // r
+  double kv_lambda = 1e-3;
+  bool kv_shared_subspace = false;  // false: one subspace per request (from its own prompt)
+  int64_t kv_pool_bytes = 0;        // KV page pool size; 0: 1 GiB
   int32_t max_model_len = 0;       // 0: the model's max_position_embeddings
   int32_t default_max_tokens = 256;
   int32_t max_tokens_limit = 4096;  // a request asking for more is rejected
@@ -87,6 +98,12 @@ class RequestStream {
   bool cancelled_ = false;
 };
 
+struct KvPoolUsage {
+  int64_t page_bytes = 0;
+  int64_t total_pages = 0;
+  int64_t used_pages = 0;
+};
+
 struct KvFormatDescription {
   std::string method;
   int32_t k_bits = 16;
@@ -122,6 +139,8 @@ class Engine {
                                                         bool add_special_tokens) const = 0;
   virtual std::string TokenText(int32_t id) const = 0;  // the vocabulary entry of an id
   virtual ModelDescription Describe() const = 0;
+  // Pages of the KV pool in use now (thread-safe snapshot).
+  virtual KvPoolUsage PoolUsage() const = 0;
 
   // Stops accepting new requests (Submit returns UNAVAILABLE from now on).
   virtual void StopAccepting() = 0;

@@ -10,16 +10,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kvcache/dense_kv_cache.h"
+#include "kvcache/kv_cache.h"
 #include "runtime/safetensors.h"
-
-// at::scaled_dot_product_attention takes `scale` from 2.1 and `enable_gqa` from 2.5.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-#define SQUAT_HAVE_SDPA 1
-#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
-#define SQUAT_SDPA_GQA 1
-#endif
-#endif
 
 namespace squat {
 
@@ -303,12 +295,19 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointRea
   return model;
 }
 
-std::unique_ptr<DenseKvCache> LlamaModel::NewCache(int64_t max_tokens) const {
-  return std::make_unique<DenseKvCache>(config_.num_hidden_layers, config_.num_key_value_heads,
-                                        max_tokens, config_.head_dim, dtype_, device_);
+kv::KvModelShape LlamaModel::kv_shape() const {
+  kv::KvModelShape shape;
+  shape.num_layers = config_.num_hidden_layers;
+  shape.num_kv_heads = config_.num_key_value_heads;
+  shape.num_attention_heads = config_.num_attention_heads;
+  shape.head_dim = config_.head_dim;
+  shape.compute_dtype = dtype_;
+  shape.device = device_;
+  shape.inv_freq = inv_freq_;
+  return shape;
 }
 
-at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bool last_only) {
+at::Tensor LlamaModel::Forward(const at::Tensor& tokens, kv::SequenceKvCache& cache, bool last_only) {
   c10::InferenceMode inference;
   TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
               "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
@@ -317,8 +316,6 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bo
   const int64_t num_tokens = tokens.size(0);
   const int64_t start = cache.length();
   const int64_t total = start + num_tokens;
-  TORCH_CHECK(total <= cache.max_tokens(), "Forward: ", total,
-              " tokens exceed the KV cache capacity of ", cache.max_tokens());
   if (tokens.device().is_cpu()) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < config_.vocab_size, "Forward: token id out of range [0, ",
@@ -326,8 +323,8 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bo
   }
 
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
-  const int64_t head_dim = config_.head_dim, group = heads / kv_heads;
-  const double eps = config_.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const int64_t head_dim = config_.head_dim;
+  const double eps = config_.rms_norm_eps;
 
   // RoPE angles for the new positions: float32 products, as HF, then cast to the compute dtype.
   at::Tensor positions =
@@ -335,14 +332,6 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bo
   at::Tensor freqs = at::outer(positions, inv_freq_);
   at::Tensor angles = at::cat({freqs, freqs}, -1);
   at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
-
-  // Causal mask over cache + new tokens (true = hidden): query t sees keys <= start + t.
-  at::Tensor hidden_mask;
-  if (num_tokens > 1) {
-    auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
-    hidden_mask = at::arange(total, long_opts).unsqueeze(0) >
-                  at::arange(start, total, long_opts).unsqueeze(1);
-  }
 
   at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [T, hidden]
   for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
@@ -358,51 +347,10 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bo
     at::Tensor v = qkv.narrow(1, (heads + kv_heads) * head_dim, kv_heads * head_dim)
                        .view({num_tokens, kv_heads, head_dim})
                        .transpose(0, 1);
-    q = ApplyRope(q, cos, sin);
-    k = ApplyRope(k, cos, sin);
-    cache.write(i, k, v);
-    at::Tensor keys = cache.keys(i, total), values = cache.values(i, total);  // [H_kv, S, d]
-
-    at::Tensor attn;  // [heads, T, d]
-#ifdef SQUAT_HAVE_SDPA
-    if (num_tokens > 1) {
-      at::Tensor k4 = keys.unsqueeze(0), v4 = values.unsqueeze(0);
-#ifdef SQUAT_SDPA_GQA
-      const bool gqa = group > 1;
-#else
-      const bool gqa = false;
-      if (group > 1) {
-        k4 = k4.repeat_interleave(group, 1);
-        v4 = v4.repeat_interleave(group, 1);
-      }
-#endif
-      // With no cached prefix the causal mask is the plain lower triangle.
-      c10::optional<at::Tensor> visible;
-      if (start > 0) visible = hidden_mask.logical_not();
-      attn = at::scaled_dot_product_attention(q.unsqueeze(0), k4, v4, visible, /*dropout_p=*/0.0,
-                                              /*is_causal=*/start == 0,
-                                              /*scale=*/c10::optional<double>()
-#ifdef SQUAT_SDPA_GQA
-                                                  ,
-                                              /*enable_gqa=*/gqa
-#endif
-                                              )
-                 .squeeze(0);
-      (void)gqa;
-    }
-#endif
-    if (!attn.defined()) {
-      // Query heads grouped by the KV head they share (head h uses KV head h / group), so the
-      // cached keys are read in place, never repeated.
-      at::Tensor grouped = q.reshape({kv_heads, group * num_tokens, head_dim});
-      at::Tensor scores = at::matmul(grouped, keys.transpose(1, 2)).mul_(scale);
-      if (hidden_mask.defined()) {
-        scores.view({kv_heads, group, num_tokens, total})
-            .masked_fill_(hidden_mask, -std::numeric_limits<double>::infinity());
-      }
-      at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype_);
-      attn = at::matmul(probs, values).view({heads, num_tokens, head_dim});
-    }
+    // The cache stores keys before or after RoPE depending on its format, so it gets both.
+    at::Tensor q_rot = ApplyRope(q, cos, sin);
+    at::Tensor k_rot = ApplyRope(k, cos, sin);
+    at::Tensor attn = cache.Attend(i, q_rot, k, k_rot, v);  // [heads, T, d]
     x = x + at::linear(attn.transpose(0, 1).reshape({num_tokens, heads * head_dim}), layer.o_proj);
 
     h = RmsNorm(x, layer.post_attn_norm, eps);
@@ -411,7 +359,7 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, DenseKvCache& cache, bo
     x = x + at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter),
                        layer.down);
   }
-  cache.commit(num_tokens);
+  cache.Commit(num_tokens);
 
   if (last_only) x = x.narrow(0, num_tokens - 1, 1);
   return at::linear(RmsNorm(x, final_norm_, eps), lm_head_).to(at::kFloat);

@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kvcache/kv_cache.h"
 #include "runtime/model_config.h"
 
 namespace squat {
 
 class CheckpointReader;
-class DenseKvCache;
 
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
@@ -33,13 +33,13 @@ class LlamaModel {
                                                           const ModelLoadOptions& options);
   ~LlamaModel();
 
-  // Runs tokens (int64 [T]) at positions [cache.length(), cache.length() + T), appends their
-  // keys and values to the cache, and returns float32 logits: [T, vocab] or, with
-  // last_only, [1, vocab] for the last position.
-  at::Tensor Forward(const at::Tensor& tokens, DenseKvCache& cache, bool last_only = true);
+  // Runs tokens (int64 [T]) at positions [cache.length(), cache.length() + T), hands each
+  // layer's queries, keys and values to the cache (which stores them and computes attention),
+  // and returns float32 logits: [T, vocab] or, with last_only, [1, vocab] for the last position.
+  at::Tensor Forward(const at::Tensor& tokens, kv::SequenceKvCache& cache, bool last_only = true);
 
-  // A cache sized for this model.
-  std::unique_ptr<DenseKvCache> NewCache(int64_t max_tokens) const;
+  // What the KV cache needs to know about this model (sizes, dtype, device, RoPE frequencies).
+  kv::KvModelShape kv_shape() const;
 
   const ModelConfig& config() const { return config_; }
   at::Device device() const { return device_; }

@@ -205,7 +205,7 @@ TEST_F(EngineTest, RejectsBadInputWithClearMessages) {
   expect_invalid(Greedy("x", 513), "exceeds the server limit of 512");
   GenerateRequest bad_kv = Greedy("x", 4);
   bad_kv.kv_method = "zip";
-  expect_invalid(bad_kv, "unknown KV cache method 'zip'");
+  expect_invalid(bad_kv, "zip");
   GenerateRequest bad_ids = Greedy("", 4);
   bad_ids.prompt_token_ids = {1, 2, 100000};
   expect_invalid(bad_ids, "outside the vocabulary");
@@ -227,10 +227,132 @@ TEST_F(EngineTest, DescribeMatchesConfig) {
   EXPECT_EQ(d.max_model_len, 256);
   EXPECT_EQ(d.dtype, "float32");
   EXPECT_EQ(d.device, "cpu");
-  ASSERT_EQ(d.kv_formats.size(), 1u);
-  // float32 on CPU: 2 (K,V) * 2 layers * 2 heads * 64 dims * 4 bytes.
-  EXPECT_DOUBLE_EQ(d.kv_formats[0].bytes_per_token, 2.0 * 2 * 2 * 64 * 4);
   EXPECT_GT(d.weight_bytes, 0);
+  // Per layer and KV head, d = 64 channels; float32 full precision on CPU; quantized formats
+  // hold b bits per element plus an fp16 scale and min per G = 32 elements, for K and V.
+  const double elems = 2.0 * 2 * 64;  // layers * kv heads * d
+  int defaults = 0;
+  for (const auto& f : d.kv_formats) {
+    SCOPED_TRACE(f.method + " K" + std::to_string(f.k_bits) + "V" + std::to_string(f.v_bits));
+    if (f.method == "fp16") {
+      EXPECT_DOUBLE_EQ(f.bytes_per_token, elems * 2 * 4);
+    } else {
+      EXPECT_DOUBLE_EQ(f.bytes_per_token, elems * (f.k_bits / 8.0 + 4.0 / 32 + f.v_bits / 8.0 + 4.0 / 32));
+    }
+    EXPECT_GT(f.capacity_tokens, 1000u);
+    defaults += f.is_default;
+    if (f.is_default) {
+      EXPECT_EQ(f.method, "squat");
+      EXPECT_EQ(f.k_bits, 2);
+    }
+  }
+  EXPECT_EQ(defaults, 1);
+  EXPECT_EQ(d.kv_formats.size(), 7u);  // fp16 + {kivi, squat, squat-post} x {2, 4} bits
+}
+
+TEST_F(EngineTest, PerRequestKvOverride) {
+  GenerateRequest fp16 = Greedy("Compare formats please", 16);
+  fp16.kv_method = "fp16";
+  GenerateRequest squat4 = Greedy("Compare formats please", 16);
+  squat4.kv_method = "squat";
+  squat4.k_bits = squat4.v_bits = 4;
+  squat4.sampling.logprobs = 1;
+  fp16.sampling.logprobs = 1;
+  Outcome a = Run(fp16), b = Run(squat4);
+  ASSERT_EQ(a.logprobs.size(), 16u);
+  ASSERT_EQ(b.logprobs.size(), 16u);
+  EXPECT_EQ(a.last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(b.last.finish_reason, FinishReason::kLength);
+  GenerateRequest bad_bits = Greedy("x", 4);
+  bad_bits.kv_method = "kivi";
+  bad_bits.k_bits = 3;
+  auto s = engine_->Submit(bad_bits);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  GenerateRequest fp16_bits = Greedy("x", 4);
+  fp16_bits.kv_method = "fp16";
+  fp16_bits.k_bits = 4;
+  EXPECT_EQ(engine_->Submit(fp16_bits).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EnginePool, EveryPageReturnsAfterMixedRequests) {
+  EngineOptions options;
+  options.model_dir = SQUAT_TINY_MODEL_DIR;
+  options.max_model_len = 512;
+  options.kv_pool_bytes = 8 << 20;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const KvPoolUsage empty = (*engine)->PoolUsage();
+  ASSERT_GT(empty.total_pages, 0);
+  ASSERT_EQ(empty.used_pages, 0);
+  std::mt19937 rng(std::random_device{}());
+  const char* methods[] = {"fp16", "kivi", "squat", "squat-post"};
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  int cancelled = 0;
+  for (int i = 0; i < 40; ++i) {
+    GenerateRequest r;
+    r.prompt = std::string(1 + rng() % 60, static_cast<char>('a' + rng() % 26)) + " and more";
+    r.sampling.max_tokens = 1 + rng() % 70;
+    r.sampling.temperature = (rng() % 2) ? 0.0f : 1.0f;
+    r.sampling.ignore_eos = true;
+    r.kv_method = methods[rng() % 4];
+    if (r.kv_method != "fp16") r.k_bits = r.v_bits = (rng() % 2) ? 2 : 4;
+    auto s = (*engine)->Submit(r);
+    ASSERT_TRUE(s.ok()) << s.status();
+    if (rng() % 4 == 0) {
+      (*s)->Cancel();
+      ++cancelled;
+    }
+    streams.push_back(*s);
+  }
+  int finished = 0;
+  for (auto& s : streams) {
+    Outcome out = Drain(*s);
+    EXPECT_NE(out.last.finish_reason, FinishReason::kError) << out.last.error_message;
+    ++finished;
+  }
+  EXPECT_EQ(finished, 40);
+  EXPECT_TRUE((*engine)->WaitIdle(60s));
+  EXPECT_EQ((*engine)->PoolUsage().used_pages, 0);
+
+  // While a request runs its pages are in use.
+  GenerateRequest long_req;
+  long_req.prompt = "hold the pages";
+  long_req.sampling.max_tokens = 400;
+  long_req.sampling.ignore_eos = true;
+  auto s = (*engine)->Submit(long_req);
+  ASSERT_TRUE(s.ok());
+  GenerationEvent first;
+  ASSERT_TRUE((*s)->Next(&first, 60s));
+  EXPECT_GT((*engine)->PoolUsage().used_pages, 0);
+  (*s)->Cancel();
+  EXPECT_EQ(Drain(**s).last.finish_reason, FinishReason::kCancelled);
+  EXPECT_TRUE((*engine)->WaitIdle(60s));
+  EXPECT_EQ((*engine)->PoolUsage().used_pages, 0);
+}
+
+TEST(EnginePool, LambdaZeroSquatPostEqualsKivi) {
+  EngineOptions options;
+  options.model_dir = SQUAT_TINY_MODEL_DIR;
+  options.kv_lambda = 0.0;
+  options.kv_format = "kivi";
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::mt19937 rng(std::random_device{}());
+  GenerateRequest r;
+  r.prompt = "The " + std::to_string(rng()) + " tokens of a prompt long enough to quantize some keys";
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = 40;
+  r.sampling.ignore_eos = true;
+  r.sampling.logprobs = 1;
+  auto kivi = (*engine)->Submit(r);
+  r.kv_method = "squat-post";
+  auto squat = (*engine)->Submit(r);
+  ASSERT_TRUE(kivi.ok() && squat.ok());
+  Outcome a = Drain(**kivi), b = Drain(**squat);
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_EQ(a.logprobs, b.logprobs);  // bit for bit
+  (*engine)->Shutdown();
 }
 
 TEST(EngineAdmission, QueueBoundAndDrain) {

@@ -21,7 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "kvcache/dense_kv_cache.h"
+#include "kvcache/standalone_cache.h"
+#include "tests/model_test_support.h"
 #include "runtime/llama_model.h"
 #include "runtime/model_config.h"
 #include "runtime/safetensors.h"
@@ -37,9 +38,6 @@ constexpr double kReferenceTolerance = 1e-4;  // log-softmax, float32 model vs f
 constexpr double kCachePathTolerance = 1e-4;
 // float16 compute (CUDA only) against the float64 reference.
 constexpr double kHalfTolerance = 5e-2;
-// Weight scale of the generated checkpoints: logits spread over ~10 nats (0.02, the
-// generator's default, leaves them near-uniform) while float32 error stays ~1e-5.
-constexpr const char* kInitStdFlag = " --init-std 0.1";
 
 // ---------------------------------------------------------------------------------------------
 // Reference model, float64, straight from the formulas; reads config.json itself.
@@ -218,67 +216,6 @@ double MaxLogSoftmaxDiff(const at::Tensor& a, const at::Tensor& b) {
       .item<double>();
 }
 
-// A scratch directory, removed with its contents. POSIX calls, not std::filesystem: the
-// pip LibTorch on the GPU machine exports its own statically linked std::filesystem symbols
-// (pytorch/pytorch#133437), and calls that bind to them corrupt the heap.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base && *base ? base : "/tmp") + "/squat_llama_model_test_XXXXXX";
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed: " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return remove(p); },
-         16, FTW_DEPTH | FTW_PHYS);
-  }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-bool FileExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
-
-// Runs the project's checkpoint generator (weights at kInitStdFlag); returns the directory.
-std::string Generate(const TempDir& tmp, const std::string& name, const std::string& flags) {
-  const std::string dir = tmp.Sub(name);
-  const std::string command = std::string(SQUAT_BINARY_DIR "/tools/squat-make-checkpoint ") +
-                              flags + kInitStdFlag + " --out '" + dir + "' > '" + dir + ".log' 2>&1";
-  const int rc = std::system(command.c_str());
-  std::ifstream log(dir + ".log");
-  std::stringstream text;
-  text << log.rdbuf();
-  EXPECT_EQ(rc, 0) << command << "\n" << text.str();
-  return dir;
-}
-
-struct Loaded {
-  std::unique_ptr<CheckpointReader> checkpoint;
-  std::unique_ptr<LlamaModel> model;
-};
-
-absl::StatusOr<Loaded> LoadFrom(const std::string& dir, ModelLoadOptions options = {}) {
-  auto config = LoadModelConfig(dir + "/config.json");
-  if (!config.ok()) return config.status();
-  auto checkpoint = CheckpointReader::Open(dir);
-  if (!checkpoint.ok()) return checkpoint.status();
-  auto model = LlamaModel::Load(**checkpoint, *config, options);
-  if (!model.ok()) return model.status();
-  return Loaded{std::move(*checkpoint), std::move(*model)};
-}
-
-std::vector<int64_t> RandomTokens(int64_t vocab, int64_t count, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int64_t> pick(0, vocab - 1);
-  std::vector<int64_t> tokens(count);
-  for (auto& t : tokens) t = pick(rng);
-  return tokens;
-}
-
-at::Tensor AsTensor(const std::vector<int64_t>& tokens) { return at::tensor(tokens, at::kLong); }
-
 // Full forward vs the float64 reference, then every cache path vs the full forward.
 void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptions& options = {},
                 double reference_tolerance = kReferenceTolerance,
@@ -298,7 +235,7 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   const std::vector<int64_t> tokens = RandomTokens(c.vocab, prompt_len, seed);
   const at::Tensor expected = reference.Logits(tokens);
 
-  auto cache = model.NewCache(prompt_len + 4);
+  auto cache = NewCache(model, prompt_len + 4);
   const at::Tensor full = model.Forward(AsTensor(tokens), *cache, /*last_only=*/false);
   ASSERT_EQ(full.scalar_type(), at::kFloat);
   ASSERT_EQ(full.sizes(), (std::vector<int64_t>{prompt_len, c.vocab}));
@@ -308,7 +245,7 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   EXPECT_GT((std::get<0>(expected.max(-1)) - std::get<0>(expected.min(-1))).min().item<double>(), 1.0);
 
   // One token at a time through the cache (the decode path).
-  auto step_cache = model.NewCache(prompt_len);
+  auto step_cache = NewCache(model, prompt_len);
   std::vector<at::Tensor> rows;
   for (int64_t t = 0; t < prompt_len; ++t) {
     rows.push_back(model.Forward(AsTensor({tokens[t]}), *step_cache, /*last_only=*/true));
@@ -323,13 +260,13 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   const int64_t split = prompt_len / 3 + 1;
   const std::vector<int64_t> first(tokens.begin(), tokens.begin() + split);
   const std::vector<int64_t> second(tokens.begin() + split, tokens.end());
-  auto chunk_cache = model.NewCache(prompt_len);
+  auto chunk_cache = NewCache(model, prompt_len);
   const at::Tensor a = model.Forward(AsTensor(first), *chunk_cache, false);
   const at::Tensor b = model.Forward(AsTensor(second), *chunk_cache, false);
   EXPECT_LT(MaxLogSoftmaxDiff(at::cat({a, b}, 0), full), cache_tolerance);
 
   // last_only returns the final row.
-  auto last_cache = model.NewCache(prompt_len);
+  auto last_cache = NewCache(model, prompt_len);
   const at::Tensor last = model.Forward(AsTensor(tokens), *last_cache, /*last_only=*/true);
   ASSERT_EQ(last.sizes(), (std::vector<int64_t>{1, c.vocab}));
   EXPECT_LT(MaxLogSoftmaxDiff(last, full.narrow(0, prompt_len - 1, 1)), cache_tolerance);
@@ -379,7 +316,7 @@ TEST_F(LlamaModelTest, Llama3RopeScalingMatchesReference) {
   auto loaded = LoadFrom(dir);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const std::vector<int64_t> tokens = RandomTokens(c.vocab, 40, std::random_device{}());
-  auto cache = loaded->model->NewCache(40);
+  auto cache = NewCache(*loaded->model, 40);
   const at::Tensor logits = loaded->model->Forward(AsTensor(tokens), *cache, false);
   const double unscaled = MaxLogSoftmaxDiff(logits, ReferenceLlama(dir, false).Logits(tokens));
   EXPECT_GT(unscaled, 1e-2);
@@ -427,6 +364,30 @@ TEST_F(LlamaModelTest, CudaMatchesReference) {
 // ---------------------------------------------------------------------------------------------
 // Bookkeeping and errors
 
+// Spec T11 / issue 3: greedy generation through the full-precision paged cache equals greedy
+// generation without any cache (the float64 reference re-run over the whole sequence each step).
+TEST_F(LlamaModelTest, GreedyWithFp16CacheEqualsGreedyWithoutCache) {
+  TempDir tmp;
+  const std::string dir = Generate(tmp, "greedy", "--preset tiny --seed 31");
+  auto loaded = LoadFrom(dir);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ReferenceLlama reference(dir);
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE("prompt seed " + std::to_string(seed));
+  std::vector<int64_t> tokens = RandomTokens(reference.config().vocab, 21, seed);
+  const int64_t steps = 24;
+  auto cache = NewCache(*loaded->model, static_cast<int64_t>(tokens.size()) + steps);
+  std::vector<int64_t> cached_run = tokens, reference_run = tokens;
+  at::Tensor logits = loaded->model->Forward(AsTensor(tokens), *cache);
+  for (int64_t step = 0; step < steps; ++step) {
+    cached_run.push_back(logits.argmax(-1).item<int64_t>());
+    if (step + 1 < steps) logits = loaded->model->Forward(AsTensor({cached_run.back()}), *cache);
+    const at::Tensor full = reference.Logits(reference_run);
+    reference_run.push_back(full[full.size(0) - 1].argmax().item<int64_t>());
+  }
+  EXPECT_EQ(cached_run, reference_run);
+}
+
 TEST_F(LlamaModelTest, WeightBytesAndCacheShape) {
   auto loaded = LoadFrom(SQUAT_TINY_MODEL_DIR);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -436,9 +397,10 @@ TEST_F(LlamaModelTest, WeightBytesAndCacheShape) {
     elements += loaded->checkpoint->Find(name)->numel();
   }
   EXPECT_EQ(loaded->model->weight_bytes(), elements * 4);
-  auto cache = loaded->model->NewCache(5);
-  EXPECT_EQ(cache->max_tokens(), 5);
-  EXPECT_EQ(cache->bytes(), 2 * c.layers * c.kv_heads * 5 * c.head_dim * 4);
+  auto cache = NewCache(*loaded->model, 5);
+  EXPECT_DOUBLE_EQ(cache.manager().BytesPerToken(kv::FullPrecisionFormat()),
+                   2.0 * c.layers * c.kv_heads * c.head_dim * 4);
+  EXPECT_GT(cache->pages(), 0);
   // Overflowing the cache or an out-of-range id throws instead of corrupting state.
   EXPECT_THROW(loaded->model->Forward(AsTensor(RandomTokens(c.vocab, 6, 1)), *cache), c10::Error);
   EXPECT_THROW(loaded->model->Forward(AsTensor({c.vocab}), *cache), c10::Error);

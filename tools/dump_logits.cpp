@@ -24,7 +24,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "kvcache/dense_kv_cache.h"
+#include "kvcache/standalone_cache.h"
 #include "runtime/llama_model.h"
 #include "runtime/model_config.h"
 #include "runtime/safetensors.h"
@@ -93,13 +93,20 @@ double MillisecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+// A full-precision cache for one sequence (throws like the model does on failure).
+squat::kv::StandaloneCache NewCache(const squat::LlamaModel& model, int64_t max_tokens) {
+  auto cache = squat::kv::StandaloneCache::Create(model.kv_shape(), squat::kv::FullPrecisionFormat(), max_tokens);
+  TORCH_CHECK(cache.ok(), "KV cache: ", cache.status().ToString());
+  return *std::move(cache);
+}
+
 // Prefill, then `steps` greedy decode steps; each step's logits go to the host like the
 // engine's sampler input, which also makes each timing include the device work.
 void BenchDecode(squat::LlamaModel& model, const std::vector<int64_t>& prompt, int64_t steps) {
   c10::InferenceMode inference;
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   auto run = [&](bool report) {
-    auto cache = model.NewCache(prompt_len + steps);
+    auto cache = NewCache(model, prompt_len + steps);
     auto start = std::chrono::steady_clock::now();
     at::Tensor logits = model.Forward(at::tensor(prompt, at::kLong), *cache).to(at::kCPU);
     const double prefill_ms = MillisecondsSince(start);
@@ -156,7 +163,7 @@ int main(int argc, char** argv) {
     c10::InferenceMode inference;
     const int64_t count = static_cast<int64_t>(ids.size());
     at::Tensor tokens = at::tensor(ids, at::kLong);
-    auto cache = (*model)->NewCache(count);
+    auto cache = NewCache(**model, count);
     if (args.incremental) {
       std::vector<at::Tensor> rows;
       for (int64_t t = 0; t < count; ++t) {
