@@ -272,7 +272,7 @@ grpc::Status GenerationServiceImpl::GetModelInfo(grpc::ServerContext* context,
   Engine* engine = nullptr;
   grpc::Status status = ReadyEngine(/*for_generation=*/false, &engine);
   if (!status.ok()) return status;
-  FillModelInfo(engine->Describe(), response);
+  FillModelInfo(engine->Describe(), engine->PoolUsage(), response);
   return grpc::Status::OK;
 }
 

@@ -61,7 +61,7 @@ void FillTimings(const Timings& timings, v1::Timings* proto) {
   proto->set_total_seconds(timings.total_seconds);
 }
 
-void FillModelInfo(const ModelDescription& d, v1::ModelInfo* info) {
+void FillModelInfo(const ModelDescription& d, const KvPoolUsage& pool, v1::ModelInfo* info) {
   info->set_model_name(d.model_name);
   info->set_model_dir(d.model_dir);
   info->set_architecture(d.architecture);
@@ -76,6 +76,9 @@ void FillModelInfo(const ModelDescription& d, v1::ModelInfo* info) {
   info->set_device(d.device);
   info->set_weight_bytes(static_cast<uint64_t>(d.weight_bytes));
   for (int32_t id : d.eos_token_ids) info->add_eos_token_ids(id);
+  info->set_kv_pool_bytes(static_cast<uint64_t>(pool.page_bytes * pool.total_pages));
+  info->set_kv_page_bytes(static_cast<uint64_t>(pool.page_bytes));
+  info->set_kv_pool_used_bytes(static_cast<uint64_t>(pool.page_bytes * pool.used_pages));
   for (const KvFormatDescription& format : d.kv_formats) {
     v1::KvFormatInfo* out = info->add_kv_formats();
     out->set_method(format.method);

@@ -16,6 +16,6 @@ GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::s
 v1::FinishReason ToProtoFinishReason(FinishReason reason);
 void FillUsage(const GenerationEvent& final_event, v1::Usage* usage);
 void FillTimings(const Timings& timings, v1::Timings* proto);
-void FillModelInfo(const ModelDescription& description, v1::ModelInfo* info);
+void FillModelInfo(const ModelDescription& description, const KvPoolUsage& pool, v1::ModelInfo* info);
 
 }  // namespace squat::server

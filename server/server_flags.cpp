@@ -17,7 +17,18 @@ ABSL_FLAG(std::string, model, "models/default", "Model directory (config.json, s
 ABSL_FLAG(std::string, address, "127.0.0.1:50051", "host:port to listen on");
 ABSL_FLAG(std::string, device, "cpu", "Device: cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "auto", "Weight dtype: auto, float32, float16, bfloat16");
-ABSL_FLAG(std::string, kv_format, "fp16", "Default KV-cache format (fp16, kivi, squat, squat-post)");
+ABSL_FLAG(std::string, kv_format, "squat",
+          "Default KV-cache format: squat (pre-RoPE keys), squat-post, kivi, or fp16 (full precision)");
+ABSL_FLAG(int32_t, kv_k_bits, 2, "Key bits of the quantized formats (2 or 4)");
+ABSL_FLAG(int32_t, kv_v_bits, 2, "Value bits of the quantized formats (2 or 4)");
+ABSL_FLAG(int32_t, kv_group_size, 32, "G: tokens per key scale group, channels per value scale group");
+ABSL_FLAG(int32_t, kv_residual_length, 32, "R: full-precision residual window (multiple of G)");
+ABSL_FLAG(int32_t, kv_block_size, 0, "g: SQuat channel block (divides head_dim); 0: head_dim / 2");
+ABSL_FLAG(int32_t, kv_subspace_dim, 60, "r: rank of the SQuat query subspace");
+ABSL_FLAG(double, kv_lambda, 1e-3, "lambda: weight of the SQuat subspace penalty");
+ABSL_FLAG(bool, kv_shared_subspace, false,
+          "Share one SQuat subspace (from the first prompt) across requests instead of one per request");
+ABSL_FLAG(int64_t, kv_pool_mib, 1024, "KV page pool size in MiB (one allocation at start)");
 ABSL_FLAG(int32_t, max_model_len, 0, "Max tokens per sequence; 0: the model's max_position_embeddings");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens of a request that leaves it 0");
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "Requests asking for more tokens are rejected");
@@ -83,6 +94,16 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   engine.device = absl::GetFlag(FLAGS_device);
   engine.dtype = absl::GetFlag(FLAGS_dtype);
   engine.kv_format = absl::GetFlag(FLAGS_kv_format);
+  engine.kv_k_bits = absl::GetFlag(FLAGS_kv_k_bits);
+  engine.kv_v_bits = absl::GetFlag(FLAGS_kv_v_bits);
+  engine.kv_group_size = absl::GetFlag(FLAGS_kv_group_size);
+  engine.kv_residual_length = absl::GetFlag(FLAGS_kv_residual_length);
+  engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
+  engine.kv_subspace_dim = absl::GetFlag(FLAGS_kv_subspace_dim);
+  engine.kv_lambda = absl::GetFlag(FLAGS_kv_lambda);
+  engine.kv_shared_subspace = absl::GetFlag(FLAGS_kv_shared_subspace);
+  if (absl::GetFlag(FLAGS_kv_pool_mib) <= 0) return absl::InvalidArgumentError("--kv-pool-mib must be > 0");
+  engine.kv_pool_bytes = absl::GetFlag(FLAGS_kv_pool_mib) << 20;
   engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   engine.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   engine.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);

@@ -404,7 +404,7 @@ TEST_F(ServerE2ETest, UnaryGreedyGenerateRunsToMaxTokens) {
   EXPECT_EQ(response.finish_reason(), squat::v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(response.usage().completion_tokens(), 8u);
   EXPECT_EQ(response.usage().prompt_tokens(), prompt_ids.size());
-  EXPECT_EQ(response.kv_cache_method(), "fp16");
+  EXPECT_EQ(response.kv_cache_method(), "squat");  // the server default
   EXPECT_TRUE(server_->WaitForLogLine({request_id, "finished", "reason=length", "completion_tokens=8"},
                                       std::chrono::seconds(10)));
 
@@ -536,12 +536,38 @@ TEST_F(ServerE2ETest, ModelInfoMatchesTheCheckpointConfig) {
             info.eos_token_ids().end());
   // float32 weights: 4 bytes per parameter, embeddings and LM head at least.
   EXPECT_GE(info.weight_bytes(), 4u * 2u * static_cast<uint64_t>(info.vocab_size()) * info.hidden_size());
-  ASSERT_GE(info.kv_formats_size(), 1);
-  const auto fp16 = std::find_if(info.kv_formats().begin(), info.kv_formats().end(),
-                                 [](const auto& f) { return f.method() == "fp16"; });
+  auto find = [&](const std::string& method, uint32_t bits) {
+    return std::find_if(info.kv_formats().begin(), info.kv_formats().end(), [&](const auto& f) {
+      return f.method() == method && (method == "fp16" || f.k_bits() == bits);
+    });
+  };
+  for (const char* method : {"kivi", "squat", "squat-post"}) {
+    for (uint32_t bits : {2u, 4u}) ASSERT_NE(find(method, bits), info.kv_formats().end()) << method << bits;
+  }
+  const auto fp16 = find("fp16", 0);
+  const auto squat2 = find("squat", 2);
   ASSERT_NE(fp16, info.kv_formats().end());
-  EXPECT_TRUE(fp16->is_default());
-  EXPECT_GT(fp16->bytes_per_token(), 0);
+  EXPECT_FALSE(fp16->is_default());
+  EXPECT_TRUE(squat2->is_default());
+  // 2-bit codes plus fp16 scale/min per 32 elements: 3 bits per element vs 32 (float32 on CPU).
+  EXPECT_DOUBLE_EQ(fp16->bytes_per_token() / squat2->bytes_per_token(), 32.0 / 3.0);
+  EXPECT_GT(squat2->capacity_tokens(), fp16->capacity_tokens());
+  EXPECT_GT(info.kv_page_bytes(), 0u);
+  EXPECT_GE(info.kv_pool_bytes(), info.kv_page_bytes());
+  EXPECT_EQ(info.kv_pool_used_bytes(), 0u);  // idle
+}
+
+TEST_F(ServerE2ETest, KvCacheOverridePerRequest) {
+  const std::string prompt = RandomPrompt();
+  for (const auto& [method, bits] : std::vector<std::pair<std::string, std::string>>{
+           {"fp16", ""}, {"kivi", "4"}, {"squat-post", "2"}, {"squat", "4"}}) {
+    std::vector<std::string> args = {prompt, "--max-tokens", "5", "--ignore-eos", "--json", "--kv-method", method};
+    if (!bits.empty()) args.insert(args.end(), {"--k-bits", bits, "--v-bits", bits});
+    const GenerateResponse response = Generate(args);
+    EXPECT_EQ(response.kv_cache_method(), method);
+    EXPECT_EQ(response.token_ids_size(), 5);
+  }
+  ExpectInvalidArgument({prompt, "--max-tokens", "4", "--kv-method", "kivi", "--k-bits", "3"}, {"k_bits"});
 }
 
 TEST_F(ServerE2ETest, BadRequestsAreInvalidArgumentWithAClearMessage) {
