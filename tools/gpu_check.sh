@@ -35,20 +35,23 @@ python3 tools/hf_compare.py --dump-bin $build/tools/squat-dump-logits \
   --devices cpu,cuda --cpp-dtypes float32 --out "$out/hf_compare.json" 2>&1 | tee "$out/hf_compare.log" | tail -40
 
 # End to end on CUDA: the real server and client, greedy, compared with the CPU server.
+e2e=$build/e2e && mkdir -p $e2e
 for dev in cpu cuda; do
   port=$([ $dev = cpu ] && echo 50071 || echo 50072)
-  $build/server/squat-server --model $models/tiny --device $dev --address 127.0.0.1:$port > "$out/server_$dev.log" 2>&1 &
+  $build/server/squat-server --model $models/tiny --device $dev --address 127.0.0.1:$port > "$e2e/server_$dev.log" 2>&1 &
   pid=$!
   for i in $(seq 1 60); do $build/client/squat-cli health --address 127.0.0.1:$port 2>/dev/null | grep -q '^SERVING' && break; sleep 1; done
-  $build/client/squat-cli generate "The quick brown fox" --max-tokens 24 --temperature 0 --ignore-eos \
-     --address 127.0.0.1:$port --json > "$out/generate_$dev.json"
-  $build/client/squat-cli info --address 127.0.0.1:$port --json > "$out/info_$dev.json"
+  for method in fp16 kivi squat squat-post; do
+    $build/client/squat-cli generate "The quick brown fox jumps over the lazy dog and keeps running far away" \
+       --max-tokens 48 --temperature 0 --ignore-eos --kv-method $method \
+       --address 127.0.0.1:$port --json > "$e2e/generate_${dev}_$method.json"
+  done
+  $build/client/squat-cli info --address 127.0.0.1:$port --json > "$e2e/info_$dev.json"
   kill -TERM $pid; wait $pid && echo "server on $dev exited 0 after SIGTERM"
 done
-python3 - "$out" <<'PY'
+python3 - "$e2e" <<'PY'
 import json, sys
-a = json.load(open(sys.argv[1] + "/generate_cpu.json")); b = json.load(open(sys.argv[1] + "/generate_cuda.json"))
-print("cpu  ids", a.get("tokenIds") or a.get("token_ids"))
-print("cuda ids", b.get("tokenIds") or b.get("token_ids"))
-print("greedy cpu == cuda:", (a.get("tokenIds") or a.get("token_ids")) == (b.get("tokenIds") or b.get("token_ids")))
+for method in ["fp16", "kivi", "squat", "squat-post"]:
+    ids = [json.load(open(f"{sys.argv[1]}/generate_{dev}_{method}.json")).get("token_ids") for dev in ("cpu", "cuda")]
+    print(f"{method:10s} greedy cpu == cuda: {ids[0] == ids[1]}  cpu {ids[0][:12]}...  cuda {ids[1][:12]}...")
 PY
