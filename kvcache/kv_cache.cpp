@@ -218,10 +218,12 @@ absl::StatusOr<std::unique_ptr<KvCacheManager>> KvCacheManager::Create(const KvM
     return absl::InvalidArgumentError(absl::StrCat("KV cache: pool of ", pool_bytes,
                                                    " bytes is smaller than one page (", page_bytes, " bytes)"));
   }
-  KvModelShape stored = shape;
-  if (stored.inv_freq.defined()) stored.inv_freq = stored.inv_freq.to(shape.device, at::kFloat).contiguous();
   absl::StatusOr<std::shared_ptr<PagePool>> pool = PagePool::Create(page_bytes, total_pages, shape.device);
   if (!pool.ok()) return pool.status();
+  KvModelShape stored = shape;
+  // "cuda" names no index; the allocation's device does (cuda:N), and inputs are checked against it.
+  stored.device = (*pool)->device();
+  if (stored.inv_freq.defined()) stored.inv_freq = stored.inv_freq.to(stored.device, at::kFloat).contiguous();
   return std::unique_ptr<KvCacheManager>(new PagedKvCacheManager(std::move(stored), default_format, *std::move(pool)));
 }
 

