@@ -2,7 +2,6 @@
 // reflection, and drains gracefully on SIGTERM / SIGINT.
 #include <signal.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -12,7 +11,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
-#include "absl/strings/str_join.h"
 #include "runtime/engine.h"
 #include "server/generation_service.h"
 #include "server/server_flags.h"
@@ -41,15 +39,6 @@ void SetUpLogging(const std::string& level) {
   spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
   spdlog::set_level(spdlog::level::from_str(level));
   spdlog::flush_on(spdlog::level::info);
-}
-
-// An engine that lists no formats still serves its configured default.
-void EnsureDefaultFormatListed(const std::string& kv_format, ModelDescription* description) {
-  if (!description->kv_formats.empty()) return;
-  KvFormatDescription format;
-  format.method = kv_format;
-  format.is_default = true;
-  description->kv_formats.push_back(format);
 }
 
 int Run(int argc, char** argv) {
@@ -91,19 +80,6 @@ int Run(int argc, char** argv) {
   }
   std::unique_ptr<Engine> engine = *std::move(created);
   ModelDescription description = engine->Describe();
-  EnsureDefaultFormatListed(config.engine.kv_format, &description);
-  const bool format_served =
-      std::any_of(description.kv_formats.begin(), description.kv_formats.end(),
-                  [&](const KvFormatDescription& f) { return f.method == config.engine.kv_format; });
-  if (!format_served) {
-    std::vector<std::string> methods;
-    for (const KvFormatDescription& f : description.kv_formats) methods.push_back(f.method);
-    spdlog::error("--kv-format '{}' is not served by this engine; known formats: {}",
-                  config.engine.kv_format, absl::StrJoin(methods, ", "));
-    server->Shutdown();
-    engine->Shutdown();
-    return 2;
-  }
   service.AttachEngine(engine.get(), description);
   SetServing(server.get(), true);
   const double load_seconds =
