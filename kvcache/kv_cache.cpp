@@ -108,10 +108,10 @@ absl::Status ValidateShape(const KvModelShape& s) {
   return absl::OkStatus();
 }
 
-// Sequences of a format with shared_subspace share one SquatState per (g, r, lambda): both
+// Sequences of a format with shared_subspace share one SquatSubspace per (g, r, lambda): both
 // squat variants build it from q_rot, so pre and post can share too. The state is built, layer
-// by layer, from the first prompt that reaches that layer, and the manager keeps it (and its
-// pages) for its whole lifetime, even when no sequence uses it.
+// by layer, by the first prompt that completes, and the manager keeps it (and its pages) for its
+// whole lifetime, even when no sequence uses it.
 using SharedStateKey = std::tuple<int64_t, int64_t, double>;
 
 class PagedKvCacheManager final : public KvCacheManager {
@@ -119,7 +119,8 @@ class PagedKvCacheManager final : public KvCacheManager {
   PagedKvCacheManager(KvModelShape shape, KvFormat default_format, std::shared_ptr<PagePool> pool)
       : shape_(std::move(shape)), default_format_(default_format), pool_(std::move(pool)) {}
 
-  absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(const KvFormat& format, int64_t max_tokens) override;
+  absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(
+      const KvFormat& format, int64_t max_tokens, std::shared_ptr<const SquatSubspace> reuse_subspace) override;
 
   PoolStats stats() const override {
     PoolStats s;
@@ -142,11 +143,11 @@ class PagedKvCacheManager final : public KvCacheManager {
   KvFormat default_format_;
   std::shared_ptr<PagePool> pool_;
   std::mutex shared_mutex_;
-  std::map<SharedStateKey, std::shared_ptr<SquatState>> shared_states_;
+  std::map<SharedStateKey, std::shared_ptr<SquatSubspace>> shared_states_;
 };
 
-absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequence(const KvFormat& format,
-                                                                                  int64_t max_tokens) {
+absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequence(
+    const KvFormat& format, int64_t max_tokens, std::shared_ptr<const SquatSubspace> reuse_subspace) {
   if (absl::Status valid = ValidateKvFormat(format, shape_.head_dim); !valid.ok()) return valid;
   if (max_tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: max_tokens must be > 0, got ", max_tokens));
@@ -161,48 +162,71 @@ absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequenc
       !(shape_.inv_freq.defined() && shape_.inv_freq.numel() == shape_.head_dim / 2)) {
     return absl::InvalidArgumentError("KV format squat (pre-RoPE keys) needs the model's inv_freq");
   }
-  const SequencePages need = PagesForSequence(shape_, format, page_bytes, max_tokens);
-  if (need.total() > pool_->total_pages()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "KV cache: ", max_tokens, " tokens of ", Describe(format), " need ", need.total(), " pages, the pool has ",
-        pool_->total_pages(), " (capacity ", CapacityTokens(format), " tokens)"));
+  const bool squat = HasSquatState(format.method);
+  if (reuse_subspace) {
+    if (!squat) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV cache: a reused SQuat subspace needs a squat format, got ", Describe(format)));
+    }
+    if (&reuse_subspace->pool() != pool_.get()) {
+      return absl::InvalidArgumentError("KV cache: the reused SQuat subspace belongs to another cache manager");
+    }
+    if (absl::Status usable = reuse_subspace->CheckUsableFor(shape_, format); !usable.ok()) return usable;
   }
 
   std::lock_guard<std::mutex> lock(shared_mutex_);
-  std::shared_ptr<SquatState> shared;
-  if (HasSquatState(format.method) && format.shared_subspace) {
+  std::shared_ptr<SquatSubspace> shared;
+  if (squat && format.shared_subspace && !reuse_subspace) {
     auto it = shared_states_.find(KeyOf(format));
     if (it != shared_states_.end()) shared = it->second;
   }
-  const bool new_state = HasSquatState(format.method) && !shared;
+  const bool new_state = squat && !reuse_subspace && !shared;
+  // A sequence collects its prompt's queries unless its subspace is given or already built.
+  const bool collects_queries = new_state || (shared && !shared->all_ready());
+
+  const SequencePages steady = PagesForSequence(shape_, format, page_bytes, max_tokens);
+  const int64_t staging = PromptStagingPages(shape_, format, page_bytes, max_tokens);
+  const int64_t gram = collects_queries ? QueryGramPages(shape_, page_bytes) : 0;
+  const int64_t pending = collects_queries ? PendingQueryPages(shape_, page_bytes) : 0;
+  // The SQuat state counts even when shared or reused: it occupies the pool either way.
+  const int64_t prompt_need = steady.total() + staging + gram + pending;
+  if (prompt_need > pool_->total_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: ", max_tokens, " tokens of ", Describe(format), " need ", prompt_need, " pages",
+        staging > 0 ? " (full-precision staging of the prompt included)" : "", ", the pool has ",
+        pool_->total_pages(), " (", CapacityTokens(format), " tokens once the prompt is complete)"));
+  }
+  const int64_t own_state = new_state ? steady.state : 0;
   absl::StatusOr<std::vector<int64_t>> pages =
-      pool_->Allocate(need.data + need.residual + (new_state ? need.state : 0));
+      pool_->Allocate(steady.data + steady.residual + own_state + staging + gram + pending);
   if (!pages.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache: no room now for ", max_tokens, " tokens of ",
                                                      Describe(format), ": ", pages.status().message()));
   }
-  // Split the allocation: data, residual, state.
+  // Split the allocation by purpose.
   std::vector<int64_t>& ids = *pages;
   auto take = [&](int64_t count) {
     std::vector<int64_t> part(ids.begin(), ids.begin() + count);
     ids.erase(ids.begin(), ids.begin() + count);
     return PageLease(pool_, std::move(part));
   };
-  PageLease data = take(need.data);
   if (!IsQuantized(format.method)) {
-    return std::unique_ptr<SequenceKvCache>(
-        new Fp16SequenceCache(shape_, format, max_tokens, per_page, std::move(data)));
+    return std::unique_ptr<SequenceKvCache>(new Fp16SequenceCache(shape_, format, max_tokens, pool_, take(steady.data)));
   }
-  PageLease residual = take(need.residual);
-  std::shared_ptr<SquatState> state = shared;
+  QuantizedSequenceLeases leases;
+  leases.data = take(steady.data);
+  leases.residual = take(steady.residual);
+  std::shared_ptr<SquatSubspace> state = shared;
   if (new_state) {
-    state = std::make_shared<SquatState>(take(need.state), shape_, format);
+    state = std::make_shared<SquatSubspace>(take(own_state), shape_, format, /*manager_shared=*/format.shared_subspace);
     if (format.shared_subspace) shared_states_.emplace(KeyOf(format), state);
   }
-  const int64_t residual_per_page = TokensPerPage(shape_, KvFormat{KvMethod::kFp16}, page_bytes);
+  leases.staging = take(staging);
+  leases.gram = take(gram);
+  leases.pending_queries = take(pending);
+  std::shared_ptr<const SquatSubspace> used = reuse_subspace ? reuse_subspace : state;
   return std::unique_ptr<SequenceKvCache>(new QuantizedSequenceCache(
-      shape_, format, max_tokens, per_page, residual_per_page, std::move(data), std::move(residual),
-      std::move(state), /*owns_state=*/new_state && !format.shared_subspace));
+      shape_, format, max_tokens, pool_, std::move(leases), std::move(used), collects_queries ? state : nullptr));
 }
 
 }  // namespace

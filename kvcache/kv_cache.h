@@ -56,6 +56,8 @@ struct PoolStats {
 };
 
 class SequenceKvCache;
+// A sequence's SQuat compensation state (opaque; holds its pool pages while referenced).
+struct SquatSubspace;
 
 class KvCacheManager {
  public:
@@ -65,18 +67,27 @@ class KvCacheManager {
                                                                 int64_t pool_bytes);
   virtual ~KvCacheManager() = default;
 
-  // Reserves every page a sequence of up to max_tokens needs (plus residual windows and SQuat
-  // state); RESOURCE_EXHAUSTED when the pool cannot hold it now, INVALID_ARGUMENT when it never
-  // could. Pages return to the pool when the cache is destroyed.
-  virtual absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(const KvFormat& format,
-                                                                       int64_t max_tokens) = 0;
+  // Reserves the pages a sequence of up to max_tokens needs now (plus residual windows and
+  // SQuat state); SequenceKvCache::Reserve grows it later. RESOURCE_EXHAUSTED when the pool
+  // cannot hold it now, INVALID_ARGUMENT when it never could. Pages return to the pool when
+  // the cache is destroyed. `reuse_subspace` (from SequenceKvCache::subspace() of a preempted
+  // sequence) makes the new sequence quantize with that subspace instead of building one from
+  // its prompt, so that a recomputed sequence matches its first run (INVALID_ARGUMENT unless the
+  // format is squat or squat-post with the same g, r and lambda, on this manager's pool).
+  // Quantized formats also hold, until the prompt completes, full-precision staging for every
+  // reserved token (plus the query Gram when they build their subspace): reserve the prompt
+  // (or each chunk) first and grow the reservation after the prompt, not prompt + budget upfront.
+  virtual absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(
+      const KvFormat& format, int64_t max_tokens,
+      std::shared_ptr<const SquatSubspace> reuse_subspace = nullptr) = 0;
 
   virtual PoolStats stats() const = 0;
   virtual const KvFormat& default_format() const = 0;
   // Stored bytes per token over all layers, keys + values, codes + metadata (residual
   // windows and SQuat state excluded: they are per sequence, not per token).
   virtual double BytesPerToken(const KvFormat& format) const = 0;
-  // Tokens of this format the whole pool holds for one sequence (residual/state included).
+  // Tokens of this format the whole pool holds for one sequence once its prompt is complete
+  // (residual/state included; prompt staging excluded, so it is reached through Reserve).
   virtual int64_t CapacityTokens(const KvFormat& format) const = 0;
 };
 
@@ -89,16 +100,32 @@ class SequenceKvCache {
   // Attention of layer `layer` for T new tokens at positions [length(), length() + T):
   // q_rot [H_q, T, d] (RoPE applied), k_pre / k_rot [H_kv, T, d] (before / after RoPE), v
   // [H_kv, T, d], all in the compute dtype. Stores the new keys and values (quantizing and
-  // flushing per spec 3 and 5) and returns the attention output [H_q, T, d]. The first call
-  // for a sequence is its prefill (full-precision causal attention over the prompt; the SQuat
-  // subspace is built from q_rot); later calls must have T == 1 (decode).
+  // flushing per spec 3 and 5) and returns the attention output [H_q, T, d]. The prompt may
+  // come in several chunks (any T): their attention is full precision over the whole prompt so
+  // far, and quantized formats keep the prompt in full precision until the prompt is complete
+  // (spec pitfall 14: the SQuat subspace, built from all prompt chunks' q_rot, is fixed before
+  // any prompt key is quantized). After the prompt, calls must have T == 1 (decode); the fp16
+  // format alone accepts any T throughout.
   virtual at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre,
                             const at::Tensor& k_rot, const at::Tensor& v) = 0;
-  // Advances length() by T once every layer has attended.
-  virtual void Commit(int64_t num_tokens) = 0;
+  // Advances length() by T once every layer has attended. prompt_complete = false marks a
+  // prompt chunk with more to come; the default ends the prompt (builds the subspace and
+  // quantizes the prompt per spec 3) on the first Commit.
+  virtual void Commit(int64_t num_tokens, bool prompt_complete = true) = 0;
 
-  // Pages held (codes, residuals, SQuat state). A shared subspace's state belongs to the
-  // manager (kept for its lifetime) and is not counted here.
+  // Grows the reservation so that total_tokens fit (no-op if they already do).
+  // RESOURCE_EXHAUSTED, with nothing taken, when the pool lacks the pages now;
+  // INVALID_ARGUMENT, with nothing taken, when the whole pool could never hold them.
+  // Attend past reserved_tokens() throws and changes nothing.
+  virtual absl::Status Reserve(int64_t total_tokens) = 0;
+  virtual int64_t reserved_tokens() const = 0;
+
+  // The SQuat state once the prompt is complete (null for fp16 and kivi, or before).
+  virtual std::shared_ptr<const SquatSubspace> subspace() const = 0;
+
+  // Pages held (codes, residuals, prompt staging, SQuat state). A shared subspace's state
+  // belongs to the manager (kept for its lifetime) and is not counted here; a reused one counts
+  // in the sequence using it, and while only subspace() handles hold one, in no sequence.
   virtual int64_t pages() const = 0;
 };
 

@@ -82,6 +82,23 @@ SequencePages PagesForSequence(const KvModelShape& shape, const KvFormat& format
   return pages;
 }
 
+int64_t PromptStagingPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,
+                           int64_t tokens) {
+  if (!IsQuantized(format.method)) return 0;  // the fp16 format stores the prompt as it is
+  const int64_t slots = TokensPerPage(shape, KvFormat{KvMethod::kFp16}, page_bytes);
+  return slots > 0 ? CeilDiv(tokens, slots) : 0;
+}
+
+int64_t QueryGramPages(const KvModelShape& shape, int64_t page_bytes) {
+  const int64_t doubles = shape.num_layers * shape.num_kv_heads * shape.head_dim * shape.head_dim;
+  return CeilDiv(doubles, page_bytes / ElementBytes(at::kDouble));
+}
+
+int64_t PendingQueryPages(const KvModelShape& shape, int64_t page_bytes) {
+  const int64_t elements = shape.num_layers * kGramBlockTokens * shape.num_attention_heads * shape.head_dim;
+  return CeilDiv(elements, page_bytes / ElementBytes(shape.compute_dtype));
+}
+
 int64_t CapacityForPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,
                          int64_t total_pages) {
   const int64_t per_page = TokensPerPage(shape, format, page_bytes);

@@ -55,7 +55,18 @@ SequencePages PagesForSequence(const KvModelShape& shape, const KvFormat& format
 // Pages of the SQuat state alone (0 for fp16 and kivi).
 int64_t SquatStatePages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes);
 
-// Largest max_tokens for which PagesForSequence(...).total() <= total_pages (0 if none).
+// While its prompt is incomplete, a quantized sequence keeps the prompt's keys and values in
+// full precision ("staging": fp16-layout slots for every reserved token) and, when it builds its
+// own SQuat subspace, the query Gram of every layer and KV head (float64) plus the queries of
+// the unfinished Gram block (compute dtype). All of it returns to the pool when the prompt ends.
+inline constexpr int64_t kGramBlockTokens = 32;
+int64_t PromptStagingPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,
+                           int64_t tokens);
+int64_t QueryGramPages(const KvModelShape& shape, int64_t page_bytes);
+int64_t PendingQueryPages(const KvModelShape& shape, int64_t page_bytes);
+
+// Largest max_tokens for which PagesForSequence(...).total() <= total_pages (0 if none): the
+// longest sequence after its prompt (prompt staging excluded).
 int64_t CapacityForPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,
                          int64_t total_pages);
 

@@ -89,6 +89,14 @@ PageLease& PageLease::operator=(PageLease&& other) noexcept {
 
 PageLease::~PageLease() { ReleaseAll(); }
 
+void PageLease::Append(PageLease&& more) {
+  if (more.pages_.empty()) return;
+  if (!pool_) pool_ = more.pool_;
+  TORCH_CHECK(pool_ == more.pool_, "KV cache pool: cannot join leases of different pools");
+  pages_.insert(pages_.end(), more.pages_.begin(), more.pages_.end());
+  more.pages_.clear();
+}
+
 void PageLease::ReleaseAll() {
   if (pool_ && !pages_.empty()) pool_->Release(pages_);
   pages_.clear();

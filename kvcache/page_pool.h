@@ -59,6 +59,11 @@ class PageLease {
   const std::vector<int64_t>& pages() const { return pages_; }
   int64_t size() const { return static_cast<int64_t>(pages_.size()); }
   const PagePool& pool() const { return *pool_; }
+  // Takes over `more`'s pages (same pool), appended after this lease's own: growth keeps the
+  // logical order of the pages already written.
+  void Append(PageLease&& more);
+  // Gives every page back now.
+  void Reset() { ReleaseAll(); }
 
  private:
   void ReleaseAll();

@@ -162,28 +162,31 @@ PackedValues QuantizedTokenStore::ReadValues(int64_t layer, int64_t count) const
   return {CatOrSingle(words, 1), CatOrSingle(scale, 1), CatOrSingle(min, 1)};
 }
 
-// ---- PagedFloatArray ----
+// ---- PagedArray ----
 
-PagedFloatArray::PagedFloatArray(const PageLease& lease)
-    : pool_(&lease.pool()), pages_(lease.pages()),
-      floats_per_page_(lease.pool().page_bytes() / static_cast<int64_t>(sizeof(float))) {}
+PagedArray::PagedArray(const PageLease& lease, at::ScalarType dtype)
+    : pool_(&lease.pool()), pages_(lease.pages()), dtype_(dtype), element_bytes_(ElementBytes(dtype)),
+      per_page_(lease.pool().page_bytes() / ElementBytes(dtype)) {
+  TORCH_CHECK(lease.pool().page_bytes() % element_bytes_ == 0, "paged array: page of ",
+              lease.pool().page_bytes(), " bytes is not a whole number of ", dtype, " elements");
+}
 
-void PagedFloatArray::Write(int64_t offset, const at::Tensor& values) const {
+void PagedArray::Write(int64_t offset, const at::Tensor& values) const {
   at::Tensor flat = values.reshape({-1});
   const int64_t count = flat.numel();
-  TORCH_CHECK(offset >= 0 && offset + count <= capacity(), "paged floats [", offset, ", ", offset + count,
+  TORCH_CHECK(offset >= 0 && offset + count <= capacity(), "paged array [", offset, ", ", offset + count,
               ") beyond capacity ", capacity());
-  ForEachPiece(offset, count, floats_per_page_, [&](int64_t page, int64_t in_page, int64_t from, int64_t n) {
-    pool_->View(pages_[page], in_page * 4, n, at::kFloat).copy_(flat.narrow(0, from, n));
+  ForEachPiece(offset, count, per_page_, [&](int64_t page, int64_t in_page, int64_t from, int64_t n) {
+    pool_->View(pages_[page], in_page * element_bytes_, n, dtype_).copy_(flat.narrow(0, from, n));
   });
 }
 
-at::Tensor PagedFloatArray::Read(int64_t offset, int64_t count) const {
-  TORCH_CHECK(offset >= 0 && count > 0 && offset + count <= capacity(), "paged floats [", offset, ", ",
+at::Tensor PagedArray::Read(int64_t offset, int64_t count) const {
+  TORCH_CHECK(offset >= 0 && count > 0 && offset + count <= capacity(), "paged array [", offset, ", ",
               offset + count, ") beyond capacity ", capacity());
   std::vector<at::Tensor> pieces;
-  ForEachPiece(offset, count, floats_per_page_, [&](int64_t page, int64_t in_page, int64_t, int64_t n) {
-    pieces.push_back(pool_->View(pages_[page], in_page * 4, n, at::kFloat));
+  ForEachPiece(offset, count, per_page_, [&](int64_t page, int64_t in_page, int64_t, int64_t n) {
+    pieces.push_back(pool_->View(pages_[page], in_page * element_bytes_, n, dtype_));
   });
   return CatOrSingle(pieces, 0);
 }

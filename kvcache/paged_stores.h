@@ -77,20 +77,23 @@ class QuantizedTokenStore {
   int64_t key_per_word_ = 0, value_per_word_ = 0;
 };
 
-// float32 [count] array laid over pages (page_bytes / 4 floats each).
-class PagedFloatArray {
+// A flat array of `dtype` elements laid over pages (page_bytes / element size each; the page
+// size must be a multiple of the element size). Used for the SQuat state (float32), the query
+// Gram (float64) and queries waiting for a Gram block (compute dtype).
+class PagedArray {
  public:
-  PagedFloatArray() = default;
-  explicit PagedFloatArray(const PageLease& lease);
+  PagedArray() = default;
+  PagedArray(const PageLease& lease, at::ScalarType dtype);
 
-  int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * floats_per_page_; }
+  int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * per_page_; }
   void Write(int64_t offset, const at::Tensor& values) const;  // any shape, written flattened
-  at::Tensor Read(int64_t offset, int64_t count) const;        // float32 [count]
+  at::Tensor Read(int64_t offset, int64_t count) const;        // [count]: a view within one page, else a copy
 
  private:
   const PagePool* pool_ = nullptr;
   std::vector<int64_t> pages_;
-  int64_t floats_per_page_ = 0;
+  at::ScalarType dtype_ = at::kFloat;
+  int64_t element_bytes_ = 4, per_page_ = 0;
 };
 
 }  // namespace squat::kv

@@ -1,6 +1,8 @@
 // Quantized paged cache of one sequence (kivi, squat, squat-post): packed K/V pages, fp16
 // residual windows in pages of the same pool, and the SQuat state (spec 2, 3, 5). KIVI is the
-// same machinery without compensation. Internal to kvcache/.
+// same machinery without compensation. While the prompt is incomplete (chunked prefill), its
+// keys and values wait in full-precision staging pages and the query Gram accumulates; the
+// prompt is quantized at once when it completes (spec 3, pitfall 14). Internal to kvcache/.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,22 +11,24 @@
 #include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_stores.h"
+#include "kvcache/query_gram.h"
 #include "kvcache/squat_state.h"
 
 namespace squat::kv {
 
-// Where one layer's tokens live (spec 5.1), plus what its last Attend did.
+// Where one layer's tokens live (spec 5.1), plus what its last decode step did.
 struct WindowState {
   int64_t quantized_keys = 0;    // N_q (a multiple of R)
   int64_t residual_keys = 0;     // |Kr|: tokens [N_q, N_q + |Kr|) in residual key slots 0..
   int64_t quantized_values = 0;  // N_v
   int64_t residual_values = 0;   // |Vr|: tokens [N_v, N_v + |Vr|), token n in ring slot n mod (R+1)
   int64_t key_flushes = 0;       // decode steps that moved R residual keys into the pages
-  // Last Attend: how many quantized and full-precision keys its scores read, and whether it
-  // ended with a key flush.
+  // Last decode step: how many quantized and full-precision keys its scores read, and whether
+  // it ended with a key flush.
   int64_t step_quantized_keys = 0;
   int64_t step_residual_keys = 0;
   bool step_flushed = false;
@@ -32,30 +36,45 @@ struct WindowState {
   int64_t tokens() const { return quantized_keys + residual_keys; }
 };
 
+// A quantized sequence's pages by purpose, all from one pool. staging, gram and
+// pending_queries are held only until the prompt completes (gram and pending_queries only when
+// the sequence may have to build its SQuat subspace).
+struct QuantizedSequenceLeases {
+  PageLease data, residual, staging, gram, pending_queries;
+};
+
 class QuantizedSequenceCache final : public SequenceKvCache {
  public:
-  // `state` is null for kivi; `owns_state` says whether its pages count as this sequence's
-  // (false for a subspace shared through the manager). inv_freq is needed by squat (pre).
-  QuantizedSequenceCache(const KvModelShape& shape, const KvFormat& format, int64_t max_tokens,
-                         int64_t tokens_per_page, int64_t residual_slots_per_page, PageLease data,
-                         PageLease residual, std::shared_ptr<SquatState> state, bool owns_state);
+  // `state` is null for kivi. `buildable` is the same object when this sequence may build its
+  // layers (its own subspace, or a shared one not built yet), null when it is reused.
+  QuantizedSequenceCache(const KvModelShape& shape, const KvFormat& format, int64_t reserved_tokens,
+                         std::shared_ptr<PagePool> pool, QuantizedSequenceLeases leases,
+                         std::shared_ptr<const SquatSubspace> state, std::shared_ptr<SquatSubspace> buildable);
 
   int64_t length() const override { return length_; }
   const KvFormat& format() const override { return format_; }
   at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre, const at::Tensor& k_rot,
                     const at::Tensor& v) override;
-  void Commit(int64_t num_tokens) override;
+  void Commit(int64_t num_tokens, bool prompt_complete = true) override;
+  absl::Status Reserve(int64_t total_tokens) override;
+  int64_t reserved_tokens() const override { return reserved_; }
+  std::shared_ptr<const SquatSubspace> subspace() const override;
   int64_t pages() const override;
 
   // Test-only views of the internals.
+  bool prompt_complete() const { return prompt_complete_; }
   const WindowState& window(int64_t layer) const { return windows_[layer]; }
   const QuantizedTokenStore& quantized_store() const { return quantized_; }
   const Fp16SlotStore& residual_store() const { return residual_; }
   const PageLease& data_pages() const { return data_pages_; }
+  int64_t staging_pages() const { return staging_pages_.size() + gram_.pages(); }
 
  private:
-  at::Tensor Prefill(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& k_rot,
-                     const at::Tensor& v);
+  at::Tensor AttendPrompt(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& k_rot,
+                          const at::Tensor& v);
+  // Builds the subspace (if this sequence must) and quantizes the staged prompt (spec 3).
+  void CompletePrompt();
+  void QuantizePrompt(int64_t layer);
   at::Tensor Decode(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& v);
   std::vector<std::vector<at::Tensor>> Compensation(int64_t layer) const;
   void FlushKeys(int64_t layer);
@@ -63,17 +82,23 @@ class QuantizedSequenceCache final : public SequenceKvCache {
   // Value ring: tokens [first, first + n) <-> slots t mod (R + 1).
   void WriteValueRing(int64_t layer, int64_t first_token, const at::Tensor& values);
   at::Tensor ReadValueRing(int64_t layer, int64_t first_token, int64_t count) const;
+  bool pre_rope() const { return format_.method == KvMethod::kSquatPre; }
 
   KvModelShape shape_;
   KvFormat format_;
-  int64_t max_tokens_;
-  PageLease data_pages_;
-  PageLease residual_pages_;
+  int64_t reserved_;
+  std::shared_ptr<PagePool> pool_;
+  int64_t tokens_per_page_, slots_per_page_;  // quantized tokens / full-precision slots per page
+  PageLease data_pages_, residual_pages_, staging_pages_;
   QuantizedTokenStore quantized_;
-  Fp16SlotStore residual_;
-  std::shared_ptr<SquatState> state_;
-  bool owns_state_;
+  Fp16SlotStore residual_, staging_;
+  QueryGramAccumulator gram_;
+  std::shared_ptr<const SquatSubspace> state_;
+  std::shared_ptr<SquatSubspace> buildable_;
+  bool owns_state_;  // its pages count as this sequence's (not the manager's shared subspace)
   int64_t length_ = 0;
+  bool prompt_complete_ = false;
+  std::vector<int64_t> attended_;  // tokens stored per layer (length_ + T between Attend and Commit)
   std::vector<WindowState> windows_;
 };
 

@@ -2,30 +2,56 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/squat_math.h"
 
 namespace squat::kv {
 
-SquatState::SquatState(PageLease lease, const KvModelShape& shape, const KvFormat& format)
-    : lease_(std::move(lease)), floats_(lease_), kv_heads_(shape.num_kv_heads), head_dim_(shape.head_dim),
-      block_size_(format.block_size), subspace_dim_(format.subspace_dim), lambda_(format.lambda),
-      floats_per_head_(SquatStateFloatsPerHead(format, shape.head_dim)), ready_(shape.num_layers, false) {
-  TORCH_CHECK(floats_.capacity() >= shape.num_layers * kv_heads_ * floats_per_head_,
-              "SQuat state: lease of ", lease_.size(), " pages is too small");
+SquatSubspace::SquatSubspace(PageLease lease, const KvModelShape& shape, const KvFormat& format,
+                             bool manager_shared)
+    : lease_(std::move(lease)), floats_(lease_, at::kFloat), layers_(shape.num_layers),
+      kv_heads_(shape.num_kv_heads), head_dim_(shape.head_dim), block_size_(format.block_size),
+      subspace_dim_(format.subspace_dim), lambda_(format.lambda),
+      floats_per_head_(SquatStateFloatsPerHead(format, shape.head_dim)), manager_shared_(manager_shared),
+      ready_(shape.num_layers, false) {
+  TORCH_CHECK(floats_.capacity() >= layers_ * kv_heads_ * floats_per_head_, "SQuat state: lease of ",
+              lease_.size(), " pages is too small");
 }
 
-int64_t SquatState::HeadOffset(int64_t layer, int64_t head) const {
+bool SquatSubspace::all_ready() const {
+  return std::all_of(ready_.begin(), ready_.end(), [](bool r) { return r; });
+}
+
+absl::Status SquatSubspace::CheckUsableFor(const KvModelShape& shape, const KvFormat& format) const {
+  if (shape.num_layers != layers_ || shape.num_kv_heads != kv_heads_ || shape.head_dim != head_dim_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: the reused SQuat subspace is for ", layers_, " layers, ", kv_heads_, " KV heads, head_dim ",
+        head_dim_, "; this model has ", shape.num_layers, ", ", shape.num_kv_heads, ", ", shape.head_dim));
+  }
+  if (format.block_size != block_size_ || format.subspace_dim != subspace_dim_ || format.lambda != lambda_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: the reused SQuat subspace has block_size ", block_size_, ", subspace_dim ", subspace_dim_,
+        ", lambda ", lambda_, "; the format asks for ", format.block_size, ", ", format.subspace_dim, ", ",
+        format.lambda));
+  }
+  if (!all_ready()) {
+    return absl::InvalidArgumentError("KV cache: the reused SQuat subspace is not built (its prompt never completed)");
+  }
+  return absl::OkStatus();
+}
+
+int64_t SquatSubspace::HeadOffset(int64_t layer, int64_t head) const {
   return (layer * kv_heads_ + head) * floats_per_head_;
 }
 
-void SquatState::Build(int64_t layer, const at::Tensor& q_rot) {
-  const int64_t n_rep = q_rot.size(0) / kv_heads_, tokens = q_rot.size(1);
+void SquatSubspace::Build(int64_t layer, const at::Tensor& gram, int64_t rows) {
+  TORCH_CHECK(!ready_[layer], "SQuat state of layer ", layer, " is built twice");
   for (int64_t h = 0; h < kv_heads_; ++h) {
-    at::Tensor rows = q_rot.narrow(0, h * n_rep, n_rep).reshape({n_rep * tokens, head_dim_});
-    const QuerySubspace subspace = SubspaceFromGram(QueryGram(rows), subspace_dim_, n_rep * tokens);
+    const QuerySubspace subspace = SubspaceFromGram(gram[h], subspace_dim_, rows);
     const std::vector<at::Tensor> blocks = CompensationMatrices(subspace, lambda_, head_dim_, block_size_);
     int64_t offset = HeadOffset(layer, h);
     for (const at::Tensor& c : blocks) {
@@ -36,14 +62,16 @@ void SquatState::Build(int64_t layer, const at::Tensor& q_rot) {
   ready_[layer] = true;
 }
 
-std::vector<std::vector<at::Tensor>> SquatState::Load(int64_t layer) const {
+std::vector<std::vector<at::Tensor>> SquatSubspace::Load(int64_t layer) const {
   TORCH_CHECK(ready_[layer], "SQuat state of layer ", layer, " is used before it is built");
   std::vector<std::vector<at::Tensor>> heads(kv_heads_);
   for (int64_t h = 0; h < kv_heads_; ++h) {
     int64_t offset = HeadOffset(layer, h);
     for (int64_t done = block_size_; done < head_dim_; done += block_size_) {
       const int64_t cols = head_dim_ - done;
-      heads[h].push_back(floats_.Read(offset, block_size_ * cols).view({block_size_, cols}));
+      // A fresh row-major copy rather than a view into the page, so that the BLAS product of the
+      // quantizer always sees the same operand layout whatever offset the state lies at.
+      heads[h].push_back(floats_.Read(offset, block_size_ * cols).view({block_size_, cols}).clone());
       offset += block_size_ * cols;
     }
   }

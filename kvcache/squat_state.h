@@ -1,6 +1,7 @@
 // SQuat state of one subspace instance (spec 4.1-4.3): the compensation matrices C_i of every
-// layer and KV head, float32, stored in pool pages. Built once per layer from a prompt's
-// queries and never updated. Internal to kvcache/.
+// layer and KV head, float32, stored in pool pages. Built once per layer from a prompt's query
+// Gram and never updated; shared_ptr owners (sequences, the manager's shared subspaces, handles
+// kept for a preempted sequence) keep its pages. Internal to kvcache/.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,35 +9,43 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_stores.h"
 
 namespace squat::kv {
 
-class SquatState {
+struct SquatSubspace {
  public:
-  // `lease` must hold SquatStatePages(shape, format, page_bytes) pages.
-  SquatState(PageLease lease, const KvModelShape& shape, const KvFormat& format);
+  // `lease` must hold SquatStatePages(shape, format, page_bytes) pages. `manager_shared`: the
+  // manager keeps this one for every sequence of its (g, r, lambda) (--kv-shared-subspace).
+  SquatSubspace(PageLease lease, const KvModelShape& shape, const KvFormat& format, bool manager_shared);
 
   bool ready(int64_t layer) const { return ready_[layer]; }
+  bool all_ready() const;
   int64_t pages() const { return lease_.size(); }
+  bool manager_shared() const { return manager_shared_; }
+  const PagePool& pool() const { return lease_.pool(); }
 
-  // Subspace of KV head h from the q_rot rows of query heads h*n_rep .. h*n_rep+n_rep-1 over
-  // all prompt tokens (q_rot [H_q, T, d]), r_eff = min(r, n_rep*T, d); Gram, eigenpairs and
-  // C_i in float64, stored as float32.
-  void Build(int64_t layer, const at::Tensor& q_rot);
-  // C_i of every head of `layer`: [head][i], float32 [g, d - (i+1) g], read from the pages.
+  // OK when a sequence of `format` on a model of `shape` may quantize with this subspace.
+  absl::Status CheckUsableFor(const KvModelShape& shape, const KvFormat& format) const;
+
+  // Subspace of each KV head from its query Gram (gram [H_kv, d, d] float64 over `rows` query
+  // rows per head): r_eff = min(r, rows, d) eigenpairs, C_i in float64, stored as float32.
+  void Build(int64_t layer, const at::Tensor& gram, int64_t rows);
+  // C_i of every head of `layer`: [head][i], float32 [g, d - (i+1) g], copied from the pages.
   std::vector<std::vector<at::Tensor>> Load(int64_t layer) const;
 
  private:
   int64_t HeadOffset(int64_t layer, int64_t head) const;
 
   PageLease lease_;
-  PagedFloatArray floats_;
-  int64_t kv_heads_, head_dim_, block_size_, subspace_dim_;
+  PagedArray floats_;
+  int64_t layers_, kv_heads_, head_dim_, block_size_, subspace_dim_;
   double lambda_;
   int64_t floats_per_head_;
+  bool manager_shared_;
   std::vector<bool> ready_;
 };
 

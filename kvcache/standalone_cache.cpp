@@ -1,6 +1,9 @@
 #include "kvcache/standalone_cache.h"
 
+#include <algorithm>
 #include <utility>
+
+#include "kvcache/page_geometry.h"
 
 namespace squat::kv {
 
@@ -13,13 +16,18 @@ KvFormat FullPrecisionFormat() {
 
 absl::StatusOr<StandaloneCache> StandaloneCache::Create(const KvModelShape& shape, const KvFormat& format,
                                                         int64_t max_tokens) {
-  // Full-precision bytes of max_tokens plus the residual windows, a few pages of rounding and
-  // the SQuat state: an upper bound for every format (at::empty does not touch the memory).
-  const int64_t full_bytes_per_token =
-      2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * static_cast<int64_t>(c10::elementSize(shape.compute_dtype));
-  const int64_t tokens = max_tokens + 2 * format.residual_length + 1 + 4 * (format.residual_length + 16);
-  const int64_t state_bytes = shape.num_layers * shape.num_kv_heads * shape.head_dim * shape.head_dim * 4;
-  auto manager = KvCacheManager::Create(shape, format, full_bytes_per_token * tokens + state_bytes);
+  // Exactly the pages the sequence holds at its peak (while its prompt is staged), in pages
+  // sized for this format as the pool's default.
+  if (shape.num_layers <= 0 || shape.num_kv_heads <= 0 || shape.num_attention_heads <= 0 || shape.head_dim <= 0) {
+    return KvCacheManager::Create(shape, format, 0).status();  // its message names the bad size
+  }
+  if (absl::Status valid = ValidateKvFormat(format, shape.head_dim); !valid.ok()) return valid;
+  const int64_t tokens = std::max<int64_t>(max_tokens, 1);
+  const int64_t page_bytes = DefaultPageBytes(shape, format);
+  int64_t pages = PagesForSequence(shape, format, page_bytes, tokens).total() +
+                  PromptStagingPages(shape, format, page_bytes, tokens);
+  if (HasSquatState(format.method)) pages += QueryGramPages(shape, page_bytes) + PendingQueryPages(shape, page_bytes);
+  auto manager = KvCacheManager::Create(shape, format, page_bytes * pages);
   if (!manager.ok()) return manager.status();
   auto cache = (*manager)->NewSequence(format, max_tokens);
   if (!cache.ok()) return cache.status();

@@ -1,6 +1,7 @@
-// Paged KV cache: formats, page sizing, pool accounting, fp16 attention vs a float64 dense
-// reference, decode equivalence of the quantized formats (T9) and the residual-window state
-// machine (T10) of squat-spec.md.
+// Paged KV cache: formats, page sizing, pool accounting (reservation growth, prompt staging,
+// reused subspaces), fp16 attention vs a float64 dense reference, decode equivalence of the
+// quantized formats (T9), the residual-window state machine (T10) of squat-spec.md, chunked
+// prefill vs one-shot prefill, and preempt-and-recompute with a reused SQuat subspace.
 #include "kvcache/kv_cache.h"
 
 #include <ATen/ATen.h>
@@ -8,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -18,17 +20,21 @@
 #include <vector>
 
 #include "kvcache/page_geometry.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/query_gram.h"
 #include "kvcache/quantized_sequence_cache.h"
 #include "kvcache/squat_math.h"
+#include "kvcache/squat_state.h"
 
 namespace squat::kv {
 namespace {
 
-// Fresh randomness every run; the seed is printed on failure.
+// Fresh randomness every run; the seed is printed on failure, and SQUAT_TEST_SEED replays it.
 class SeededTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    seed_ = std::random_device{}();
+    const char* replay = std::getenv("SQUAT_TEST_SEED");
+    seed_ = replay ? std::strtoull(replay, nullptr, 10) : std::random_device{}();
     at::manual_seed(seed_);
     rng_.seed(static_cast<uint32_t>(seed_));
   }
@@ -142,15 +148,48 @@ RunInputs RandomInputs(const KvModelShape& s, int64_t total) {
   return in;
 }
 
-// Attends positions [start, start + count) of every layer and commits; returns each layer's output.
-std::vector<at::Tensor> Step(SequenceKvCache& cache, const RunInputs& in, int64_t start, int64_t count) {
+// The same shape and inputs on another device.
+KvModelShape OnDevice(KvModelShape shape, at::Device device) {
+  shape.device = device;
+  shape.inv_freq = shape.inv_freq.to(device);
+  return shape;
+}
+RunInputs ToDevice(const RunInputs& in, at::Device device) {
+  RunInputs out;
+  for (size_t l = 0; l < in.q_rot.size(); ++l) {
+    out.q_rot.push_back(in.q_rot[l].to(device));
+    out.k_pre.push_back(in.k_pre[l].to(device));
+    out.k_rot.push_back(in.k_rot[l].to(device));
+    out.v.push_back(in.v[l].to(device));
+  }
+  return out;
+}
+
+// Attends positions [start, start + count) of every layer and commits (prompt_complete = false:
+// a prompt chunk with more to come); returns each layer's output.
+std::vector<at::Tensor> Step(SequenceKvCache& cache, const RunInputs& in, int64_t start, int64_t count,
+                             bool prompt_complete = true) {
   std::vector<at::Tensor> outs;
   for (int64_t l = 0; l < static_cast<int64_t>(in.q_rot.size()); ++l) {
     outs.push_back(cache.Attend(l, in.q_rot[l].narrow(1, start, count), in.k_pre[l].narrow(1, start, count),
                                 in.k_rot[l].narrow(1, start, count), in.v[l].narrow(1, start, count)));
   }
-  cache.Commit(count);
+  cache.Commit(count, prompt_complete);
   return outs;
+}
+
+// The query Gram of spec 4.1 as the cache defines its sum (kv-cache.md): per KV head, the Grams
+// of fixed blocks of kGramBlockTokens positions (float64 M^T M of the group's stacked rows),
+// added in position order.
+at::Tensor BlockwiseGram(const at::Tensor& q_rot, int64_t kv_head, int64_t n_rep, int64_t tokens) {
+  at::Tensor gram;
+  for (int64_t b = 0; b < tokens; b += kGramBlockTokens) {
+    const int64_t n = std::min(kGramBlockTokens, tokens - b);
+    const at::Tensor rows = q_rot.narrow(0, kv_head * n_rep, n_rep).narrow(1, b, n).reshape({-1, q_rot.size(2)});
+    const at::Tensor block = QueryGram(rows);
+    gram = gram.defined() ? gram + block : block;
+  }
+  return gram;
 }
 
 // ---- formats ----
@@ -304,7 +343,8 @@ TEST_F(KvPoolTest, RandomSequencesReturnEveryPage) {
       live.erase(live.begin() + rng_() % live.size());
     } else {
       const KvFormat& format = formats[rng_() % formats.size()];
-      const int64_t max_tokens = 1 + rng_() % 700;
+      // Up to 300 tokens: a quantized prompt's full-precision staging keeps them below the pool.
+      const int64_t max_tokens = 1 + rng_() % 300;
       const PoolStats before = manager->stats();
       auto seq = manager->NewSequence(format, max_tokens);
       if (seq.ok()) {
@@ -332,27 +372,48 @@ TEST_F(KvPoolTest, RandomSequencesReturnEveryPage) {
 TEST_F(KvPoolTest, CapacityIsExactAndFullPoolIsExhausted) {
   SCOPED_TRACE(SeedNote());
   const KvModelShape shape = SmallShape();
-  const int64_t total = 6 + rng_() % 10;
+  const int64_t total = 16 + rng_() % 10;
   auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), total);
   ASSERT_TRUE(manager);
   EXPECT_EQ(manager->stats().total_bytes(), total * manager->stats().page_bytes);
   for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
                                  Quantized(KvMethod::kSquatPre, 4, 4, 32, 32)}) {
+    SCOPED_TRACE(KvMethodName(format.method));
     const int64_t capacity = manager->CapacityTokens(format);
-    ASSERT_GT(capacity, 0) << KvMethodName(format.method);
+    ASSERT_GT(capacity, 0);
     {
-      auto whole = manager->NewSequence(format, capacity);
+      // A short prompt, then the reservation grows to the capacity: the whole pool.
+      const int64_t prompt = 1 + rng_() % 32;
+      auto whole = manager->NewSequence(format, prompt);
       ASSERT_TRUE(whole.ok()) << whole.status();
-      EXPECT_LE(manager->stats().used_pages, total);
-      // A second one fits the pool but not what is left of it now.
-      auto more = manager->NewSequence(format, capacity);
+      EXPECT_EQ((*whole)->reserved_tokens(), prompt);
+      Step(**whole, RandomInputs(shape, prompt), 0, prompt);
+      ASSERT_TRUE((*whole)->Reserve(capacity).ok());
+      EXPECT_EQ((*whole)->reserved_tokens(), capacity);
+      EXPECT_EQ(manager->stats().used_pages, total);
+      EXPECT_EQ((*whole)->pages(), total);
+      // Nothing is left for another sequence; one more token could never fit.
+      auto more = manager->NewSequence(format, 1);
       ASSERT_FALSE(more.ok());
       EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+      const absl::Status grow = (*whole)->Reserve(capacity + 1);
+      EXPECT_EQ(grow.code(), absl::StatusCode::kInvalidArgument) << grow;
+      EXPECT_EQ((*whole)->reserved_tokens(), capacity);
+      EXPECT_EQ(manager->stats().used_pages, total);
     }
     EXPECT_EQ(manager->stats().used_pages, 0);
     auto too_long = manager->NewSequence(format, capacity + 1);
     ASSERT_FALSE(too_long.ok());
     EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument) << too_long.status();
+    auto at_once = manager->NewSequence(format, capacity);
+    if (IsQuantized(format.method)) {
+      // A prompt of that length could not even be staged in full precision.
+      ASSERT_FALSE(at_once.ok());
+      EXPECT_EQ(at_once.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(at_once.status().message().find("staging"), std::string::npos) << at_once.status();
+    } else {
+      EXPECT_TRUE(at_once.ok()) << at_once.status();
+    }
   }
   // Fill with 16-token fp16 sequences: one page each, until the pool is full.
   std::vector<std::unique_ptr<SequenceKvCache>> fill;
@@ -390,7 +451,7 @@ TEST_F(KvPoolTest, SharedSubspaceStateStaysWithTheManager) {
   shared.shared_subspace = true;
   KvFormat own = shared;
   own.shared_subspace = false;
-  auto manager = MakeManager(shape, shared, 30);
+  auto manager = MakeManager(shape, shared, 60);
   ASSERT_TRUE(manager);
   const int64_t tokens = 100;
   auto a = manager->NewSequence(shared, tokens);
@@ -410,7 +471,7 @@ TEST_F(KvPoolTest, SharedSubspaceStateStaysWithTheManager) {
 
 TEST(KvPoolLifetimeTest, SequenceMayOutliveItsManager) {
   const KvModelShape shape = SmallShape();
-  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 8);
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 24);
   ASSERT_TRUE(manager);
   auto seq = manager->NewSequence(Quantized(KvMethod::kSquatPost, 2, 2, 32, 32), 50);
   ASSERT_TRUE(seq.ok());
@@ -486,10 +547,12 @@ class ReferenceCache {
       for (int64_t h = 0; h < shape.num_kv_heads; ++h) {
         std::vector<at::Tensor> c;
         if (format.method != KvMethod::kKivi) {
-          at::Tensor rows = sub.q_rot[l].narrow(0, h * n_rep, n_rep).narrow(1, 0, sub_tokens).reshape({-1, d});
-          const QuerySubspace s = SubspaceFromGram(QueryGram(rows), format.subspace_dim, n_rep * sub_tokens);
+          const QuerySubspace s = SubspaceFromGram(BlockwiseGram(sub.q_rot[l], h, n_rep, sub_tokens),
+                                                   format.subspace_dim, n_rep * sub_tokens);
+          // Row-major, as the cache stores them: the BLAS product inside QuantizeKeys rounds
+          // differently for a transposed operand.
           for (const at::Tensor& m : CompensationMatrices(s, format.lambda, d, format.block_size)) {
-            c.push_back(m.to(at::kFloat));
+            c.push_back(m.to(at::kFloat).contiguous());
           }
         }
         layer.push_back(c);
@@ -582,7 +645,7 @@ TEST_P(QuantizedDecodeTest, OutputEqualsDenseAttentionOverDequantizedCache) {
   const QuantCase c = GetParam();
   const KvModelShape shape = SmallShape();
   const KvFormat format = Quantized(c.method, c.bits, c.bits, c.group, 32);
-  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 16);
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 40);
   ASSERT_TRUE(manager);
   // Long enough to cross a page boundary of the quantized pages, several flushes and slides.
   const int64_t tokens_per_page = TokensPerPage(shape, format, manager->stats().page_bytes);
@@ -667,7 +730,7 @@ TEST_F(KvPoolTest, SharedSubspaceQuantizesWithTheFirstPrompt) {
   format.shared_subspace = true;
   format.lambda = 0.5;  // strong enough that the two prompts' compensations differ visibly
   format.subspace_dim = 8;
-  auto manager = MakeManager(shape, format, 20);
+  auto manager = MakeManager(shape, format, 40);
   ASSERT_TRUE(manager);
   const int64_t prompt = 64;
   const RunInputs first = RandomInputs(shape, prompt), second = RandomInputs(shape, prompt);
@@ -697,24 +760,16 @@ TEST_F(KvPoolTest, CudaMatchesCpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   SCOPED_TRACE(SeedNote());
   const KvModelShape cpu_shape = SmallShape();
-  KvModelShape gpu_shape = cpu_shape;
-  gpu_shape.device = at::Device(at::kCUDA, 0);
-  gpu_shape.inv_freq = cpu_shape.inv_freq.to(gpu_shape.device);
+  const KvModelShape gpu_shape = OnDevice(cpu_shape, at::Device(at::kCUDA, 0));
   const int64_t prompt = 37, total = 120;
   const RunInputs in = RandomInputs(cpu_shape, total);
-  RunInputs gpu_in;
-  for (int64_t l = 0; l < cpu_shape.num_layers; ++l) {
-    gpu_in.q_rot.push_back(in.q_rot[l].to(gpu_shape.device));
-    gpu_in.k_pre.push_back(in.k_pre[l].to(gpu_shape.device));
-    gpu_in.k_rot.push_back(in.k_rot[l].to(gpu_shape.device));
-    gpu_in.v.push_back(in.v[l].to(gpu_shape.device));
-  }
+  const RunInputs gpu_in = ToDevice(in, gpu_shape.device);
   for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
                                  Quantized(KvMethod::kSquatPre, 4, 2, 32, 32),
                                  Quantized(KvMethod::kSquatPost, 2, 4, 16, 32)}) {
     SCOPED_TRACE(KvMethodName(format.method));
-    auto cpu_manager = MakeManager(cpu_shape, format, 16);
-    auto gpu_manager = MakeManager(gpu_shape, format, 16);
+    auto cpu_manager = MakeManager(cpu_shape, format, 40);
+    auto gpu_manager = MakeManager(gpu_shape, format, 40);
     ASSERT_TRUE(cpu_manager && gpu_manager);
     auto cpu_seq = cpu_manager->NewSequence(format, total);
     auto gpu_seq = gpu_manager->NewSequence(format, total);
@@ -743,7 +798,7 @@ TEST_F(WindowStateTest, InvariantsAndFlushesFollowTheSpec) {
   const KvModelShape shape = SmallShape();
   const int64_t r = 32;
   const KvFormat format = Quantized(KvMethod::kSquatPre, 2, 2, 16, r);
-  auto manager = MakeManager(shape, format, 24);
+  auto manager = MakeManager(shape, format, 40);
   ASSERT_TRUE(manager);
   for (int64_t prompt : {int64_t{1}, r - 1, r, r + 1, 3 * r + 5}) {
     SCOPED_TRACE("L = " + std::to_string(prompt));
@@ -806,6 +861,532 @@ TEST_F(WindowStateTest, RejectsMisuse) {
   EXPECT_THROW(cache.Attend(1, in.q_rot[1].narrow(1, 10, 1).to(at::kDouble), in.k_pre[1].narrow(1, 10, 1),
                             in.k_rot[1].narrow(1, 10, 1), in.v[1].narrow(1, 10, 1)),
                c10::Error);  // wrong dtype
+}
+
+
+// ---- reservation growth ----
+
+TEST_F(KvPoolTest, ReserveGrowsAllOrNothingAndAttendStopsAtTheReservation) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
+                                 Quantized(KvMethod::kSquatPre, 2, 2, 32, 32)}) {
+    SCOPED_TRACE(KvMethodName(format.method));
+    auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 30);
+    ASSERT_TRUE(manager);
+    // Growth to `total` needs at least one more page of the format's token storage.
+    const int64_t per_page = TokensPerPage(shape, format, manager->stats().page_bytes);
+    const int64_t prompt = 20 + rng_() % 30, total = prompt + per_page + 40;
+    const RunInputs in = RandomInputs(shape, total);
+    auto seq = manager->NewSequence(format, prompt);
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    SequenceKvCache& cache = **seq;
+    Step(cache, in, 0, prompt);
+    const int64_t pages = cache.pages();
+    EXPECT_EQ(manager->stats().used_pages, pages);
+
+    // One token past the reservation: refused before anything is stored.
+    EXPECT_THROW(cache.Attend(0, in.q_rot[0].narrow(1, prompt, 1), in.k_pre[0].narrow(1, prompt, 1),
+                              in.k_rot[0].narrow(1, prompt, 1), in.v[0].narrow(1, prompt, 1)),
+                 c10::Error);
+    EXPECT_EQ(cache.length(), prompt);
+    EXPECT_EQ(cache.pages(), pages);
+
+    // Someone else holds the rest of the pool: growth fails and takes nothing.
+    const int64_t free_pages = manager->stats().total_pages - manager->stats().used_pages;
+    auto hog = manager->NewSequence(Fp16(), free_pages * TokensPerPage(shape, Fp16(), manager->stats().page_bytes));
+    ASSERT_TRUE(hog.ok()) << hog.status();
+    ASSERT_EQ(manager->stats().used_pages, manager->stats().total_pages);
+    const absl::Status refused = cache.Reserve(total);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+    EXPECT_EQ(cache.reserved_tokens(), prompt);
+    EXPECT_EQ(cache.pages(), pages);
+    EXPECT_EQ(manager->stats().used_pages, manager->stats().total_pages);
+    hog->reset();
+
+    // Never-fitting growth is a different error, and also takes nothing.
+    const absl::Status never = cache.Reserve(100000);
+    EXPECT_EQ(never.code(), absl::StatusCode::kInvalidArgument) << never;
+    EXPECT_EQ(cache.pages(), pages);
+    EXPECT_TRUE(cache.Reserve(prompt - 1).ok());  // already fits: no-op
+    EXPECT_EQ(cache.reserved_tokens(), prompt);
+
+    ASSERT_TRUE(cache.Reserve(total).ok());
+    EXPECT_EQ(cache.reserved_tokens(), total);
+    EXPECT_GT(cache.pages(), pages);
+    EXPECT_EQ(manager->stats().used_pages, cache.pages());
+    // Decoding across the growth is still exact attention for fp16 (the quantized formats'
+    // decode is T9's); every format accepts exactly the reserved tokens.
+    for (int64_t p = prompt; p < total; ++p) {
+      const std::vector<at::Tensor> outs = Step(cache, in, p, 1);
+      if (!IsQuantized(format.method)) {
+        const at::Tensor ref = DenseAttention64(in.q_rot[1].narrow(1, p, 1), in.k_rot[1].narrow(1, 0, p + 1),
+                                                in.v[1].narrow(1, 0, p + 1), p);
+        ASSERT_LT(MaxAbsDiff(outs[1], ref), 1e-5) << "position " << p;
+      }
+    }
+    EXPECT_THROW(Step(cache, in, total - 1, 1), c10::Error);
+    EXPECT_EQ(cache.length(), total);
+    seq->reset();
+    EXPECT_EQ(manager->stats().used_pages, 0);
+  }
+}
+
+// ---- chunked prefill ----
+
+// Random chunk sizes covering [0, tokens), at least two chunks.
+std::vector<int64_t> RandomChunks(std::mt19937& rng, int64_t tokens) {
+  std::vector<int64_t> chunks;
+  for (int64_t done = 0; done < tokens;) {
+    const int64_t left = tokens - done;
+    int64_t n = 1 + static_cast<int64_t>(rng() % 45);
+    if (chunks.empty()) n = std::min(n, left - 1);
+    n = std::min(n, left);
+    chunks.push_back(n);
+    done += n;
+  }
+  return chunks;
+}
+
+// The Gram sum does not depend on how the prompt was chunked, bit for bit (a sum per chunk
+// would differ in the last bits), and it is the block-wise sum of spec 4.1's Gram.
+TEST_F(KvPoolTest, QueryGramIsTheSameForEveryChunking) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape(2, 2, 3, 64);
+  const int64_t n_rep = 3, page_bytes = DefaultPageBytes(shape, Fp16());
+  const int64_t gram_pages = QueryGramPages(shape, page_bytes), pending_pages = PendingQueryPages(shape, page_bytes);
+  auto pool = PagePool::Create(page_bytes, 4 * (gram_pages + pending_pages), at::kCPU);
+  ASSERT_TRUE(pool.ok());
+  auto lease = [&](int64_t n) { return PageLease(*pool, *(*pool)->Allocate(n)); };
+  const int64_t tokens = 3 * kGramBlockTokens + 1 + rng_() % (2 * kGramBlockTokens);
+  const at::Tensor q = at::randn({shape.num_attention_heads, tokens, shape.head_dim}) * 3.0;
+  std::vector<at::Tensor> totals;
+  for (int run = 0; run < 3; ++run) {
+    QueryGramAccumulator gram(lease(gram_pages), lease(pending_pages), shape);
+    const std::vector<int64_t> chunks = run == 0 ? std::vector<int64_t>{tokens} : RandomChunks(rng_, tokens);
+    int64_t done = 0;
+    for (int64_t n : chunks) {
+      for (int64_t l = 0; l < shape.num_layers; ++l) gram.Add(l, (q * (l + 1)).narrow(1, done, n));
+      done += n;
+    }
+    EXPECT_EQ(gram.tokens(1), tokens);
+    totals.push_back(gram.Total(1));
+  }
+  EXPECT_TRUE(at::equal(totals[0], totals[1]));
+  EXPECT_TRUE(at::equal(totals[0], totals[2]));
+  for (int64_t h = 0; h < shape.num_kv_heads; ++h) {
+    EXPECT_TRUE(at::equal(totals[0][h], BlockwiseGram(q * 2, h, n_rep, tokens))) << "head " << h;
+    // The Gram of all rows in one product: equal up to round-off.
+    const at::Tensor all = QueryGram((q * 2).narrow(0, h * n_rep, n_rep).reshape({-1, shape.head_dim}));
+    EXPECT_LT((all - totals[0][h]).abs().max().item<double>(), 1e-9 * all.abs().max().item<double>());
+  }
+}
+
+struct ChunkCase {
+  KvMethod method;
+  int bits;
+  int64_t group;
+};
+void PrintTo(const ChunkCase& c, std::ostream* os) {
+  *os << KvMethodName(c.method) << " " << c.bits << "-bit G=" << c.group;
+}
+// A format, on the CPU or (skipped without one) a CUDA device.
+using ChunkParam = std::tuple<ChunkCase, bool>;
+std::string ChunkCaseName(const ::testing::TestParamInfo<ChunkParam>& info) {
+  const ChunkCase& c = std::get<0>(info.param);
+  const char* name = c.method == KvMethod::kSquatPost ? "squat_post" : KvMethodName(c.method);
+  return std::string(name) + "_" + std::to_string(c.bits) + "bit_G" + std::to_string(c.group) +
+         (std::get<1>(info.param) ? "_cuda" : "_cpu");
+}
+// The CPU shape's device for this parameter; false when CUDA is asked for and absent.
+bool TestDevice(const ChunkParam& param, at::Device* device) {
+  *device = std::get<1>(param) ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  return !std::get<1>(param) || at::hasCUDA();
+}
+KvFormat FormatOf(const ChunkCase& c) {
+  return c.method == KvMethod::kFp16 ? Fp16() : Quantized(c.method, c.bits, c.bits, c.group, 32);
+}
+
+// Everything a quantized sequence holds after its prompt, as tensors to compare bit for bit:
+// packed keys and values with their metadata, the valid residual slots, and the C_i.
+std::vector<at::Tensor> QuantizedContents(const QuantizedSequenceCache& cache, const KvModelShape& shape) {
+  std::vector<at::Tensor> parts;
+  const int64_t ring = cache.format().residual_length + 1;
+  for (int64_t l = 0; l < shape.num_layers; ++l) {
+    const WindowState& w = cache.window(l);
+    const PackedKeys keys = cache.quantized_store().ReadKeys(l, w.quantized_keys);
+    const PackedValues values = cache.quantized_store().ReadValues(l, w.quantized_values);
+    for (const at::Tensor& t : {keys.words, keys.scale, keys.min, values.words, values.scale, values.min}) {
+      parts.push_back(t.clone());
+    }
+    parts.push_back(cache.residual_store().Read(l, KvPart::kKeys, 0, w.residual_keys).clone());
+    for (int64_t t = w.quantized_values; t < w.tokens(); ++t) {
+      parts.push_back(cache.residual_store().Read(l, KvPart::kValues, t % ring, 1).clone());
+    }
+    if (cache.subspace()) {
+      for (const auto& head : cache.subspace()->Load(l)) {
+        for (const at::Tensor& c : head) parts.push_back(c.clone());
+      }
+    }
+  }
+  return parts;
+}
+
+bool AllEqual(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!(a[i].sizes() == b[i].sizes() && at::equal(a[i], b[i]))) return false;
+  }
+  return true;
+}
+
+class ChunkedPrefillTest : public SeededTest, public ::testing::WithParamInterface<ChunkParam> {};
+
+TEST_P(ChunkedPrefillTest, MatchesOneShotPrefillBitForBit) {
+  SCOPED_TRACE(SeedNote());
+  at::Device device = at::kCPU;
+  if (!TestDevice(GetParam(), &device)) GTEST_SKIP() << "no CUDA device";
+  const KvFormat format = FormatOf(std::get<0>(GetParam()));
+  const KvModelShape cpu_shape = SmallShape(), shape = OnDevice(cpu_shape, device);
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 80);
+  ASSERT_TRUE(manager);
+  // Several Gram blocks, R blocks and staging pages; decode long enough for a flush.
+  const int64_t prompt = 100 + rng_() % 120, steps = 40, total = prompt + steps;
+  const RunInputs cpu_in = RandomInputs(cpu_shape, total), in = ToDevice(cpu_in, device);
+
+  auto one_shot = manager->NewSequence(format, total);
+  ASSERT_TRUE(one_shot.ok()) << one_shot.status();
+  Step(**one_shot, in, 0, prompt);
+
+  const std::vector<int64_t> chunks = RandomChunks(rng_, prompt);
+  auto chunked = manager->NewSequence(format, chunks[0]);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  auto* quantized = dynamic_cast<QuantizedSequenceCache*>(chunked->get());
+  int64_t done = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int64_t n = chunks[i];
+    const bool last = i + 1 == chunks.size();
+    ASSERT_TRUE((*chunked)->Reserve(done + n).ok());
+    const std::vector<at::Tensor> outs = Step(**chunked, in, done, n, /*prompt_complete=*/last);
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      // Full precision over the whole prompt so far.
+      const at::Tensor ref = DenseAttention64(cpu_in.q_rot[l].narrow(1, done, n),
+                                              cpu_in.k_rot[l].narrow(1, 0, done + n),
+                                              cpu_in.v[l].narrow(1, 0, done + n), done);
+      ASSERT_LT(MaxAbsDiff(outs[l].cpu(), ref), 1e-5) << "chunk at " << done << " layer " << l;
+    }
+    done += n;
+    EXPECT_EQ((*chunked)->length(), done);
+    if (!last) {
+      EXPECT_EQ((*chunked)->subspace(), nullptr);  // not before the prompt is complete
+      if (quantized) {
+        EXPECT_GT(quantized->staging_pages(), 0);
+      }
+    }
+  }
+  EXPECT_EQ(manager->stats().used_pages, (*one_shot)->pages() + (*chunked)->pages());
+
+  if (quantized) {
+    auto* reference = dynamic_cast<QuantizedSequenceCache*>(one_shot->get());
+    ASSERT_NE(reference, nullptr);
+    EXPECT_EQ(quantized->staging_pages(), 0);  // returned at completion
+    EXPECT_EQ(quantized->pages(), reference->pages() - (reference->data_pages().size() - quantized->data_pages().size()));
+    EXPECT_EQ((quantized->subspace() != nullptr), format.method != KvMethod::kKivi);
+    EXPECT_TRUE(AllEqual(QuantizedContents(*quantized, shape), QuantizedContents(*reference, shape)));
+  }
+  ASSERT_TRUE((*chunked)->Reserve(total).ok());
+  for (int64_t p = prompt; p < total; ++p) {
+    const std::vector<at::Tensor> a = Step(**one_shot, in, p, 1), b = Step(**chunked, in, p, 1);
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      ASSERT_TRUE(at::equal(a[l], b[l])) << "decode position " << p << " layer " << l;
+    }
+  }
+  if (quantized) {
+    EXPECT_TRUE(AllEqual(QuantizedContents(*quantized, shape),
+                         QuantizedContents(*dynamic_cast<QuantizedSequenceCache*>(one_shot->get()), shape)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ChunkedPrefillTest,
+                         ::testing::Combine(::testing::Values(ChunkCase{KvMethod::kFp16, 16, 32},
+                                                              ChunkCase{KvMethod::kKivi, 2, 32},
+                                                              ChunkCase{KvMethod::kKivi, 4, 16},
+                                                              ChunkCase{KvMethod::kSquatPre, 2, 32},
+                                                              ChunkCase{KvMethod::kSquatPre, 4, 16},
+                                                              ChunkCase{KvMethod::kSquatPost, 2, 16},
+                                                              ChunkCase{KvMethod::kSquatPost, 4, 32}),
+                                            ::testing::Bool()),
+                         ChunkCaseName);
+
+// A quantized cache misused during and after the prompt.
+TEST_F(WindowStateTest, PromptChunksAndDecodeAreChecked) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 30);
+  ASSERT_TRUE(manager);
+  for (const KvFormat& format : {Fp16(), Quantized(KvMethod::kSquatPost, 2, 2, 32, 32)}) {
+    SCOPED_TRACE(KvMethodName(format.method));
+    auto seq = manager->NewSequence(format, 60);
+    ASSERT_TRUE(seq.ok());
+    const RunInputs in = RandomInputs(shape, 60);
+    Step(**seq, in, 0, 7, false);
+    Step(**seq, in, 7, 1, false);  // a one-token chunk is still the prompt
+    Step(**seq, in, 8, 30, true);
+    EXPECT_EQ((*seq)->length(), 38);
+    if (IsQuantized(format.method)) {
+      EXPECT_THROW(Step(**seq, in, 38, 3), c10::Error);  // decode takes one token
+    } else {
+      Step(**seq, in, 38, 3);  // fp16 appends several tokens at any time
+    }
+    const int64_t length = (*seq)->length();
+    EXPECT_THROW(Step(**seq, in, length, 1, /*prompt_complete=*/false), c10::Error);  // the prompt ended
+  }
+}
+
+// ---- preempt and recompute with the first run's subspace ----
+
+class RecomputeTest : public SeededTest, public ::testing::WithParamInterface<ChunkParam> {};
+
+// Prefills [0, tokens) in random chunks, growing the reservation before each one.
+void ChunkedPrefill(SequenceKvCache& cache, const RunInputs& in, int64_t tokens, std::mt19937& rng) {
+  int64_t done = 0;
+  for (int64_t n : RandomChunks(rng, tokens)) {
+    ASSERT_TRUE(cache.Reserve(done + n).ok());
+    Step(cache, in, done, n, done + n == tokens);
+    done += n;
+  }
+}
+
+TEST_P(RecomputeTest, ReusedSubspaceReproducesTheUninterruptedRun) {
+  SCOPED_TRACE(SeedNote());
+  at::Device device = at::kCPU;
+  if (!TestDevice(GetParam(), &device)) GTEST_SKIP() << "no CUDA device";
+  const KvFormat format = FormatOf(std::get<0>(GetParam()));
+  const KvModelShape shape = OnDevice(SmallShape(), device);
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 120);
+  ASSERT_TRUE(manager);
+  const int64_t prompt = 40 + rng_() % 60, before = 5 + rng_() % 60, after = 40;
+  const int64_t total = prompt + before + after;
+  const RunInputs in = ToDevice(RandomInputs(SmallShape(), total), device);
+
+  // The uninterrupted run, and an identical one that is preempted after `before` tokens.
+  auto run = manager->NewSequence(format, total);
+  auto preempted = manager->NewSequence(format, prompt);
+  ASSERT_TRUE(run.ok() && preempted.ok());
+  Step(**run, in, 0, prompt);
+  ChunkedPrefill(**preempted, in, prompt, rng_);
+  ASSERT_TRUE((*preempted)->Reserve(prompt + before).ok());
+  for (int64_t p = prompt; p < prompt + before; ++p) {
+    Step(**run, in, p, 1);
+    Step(**preempted, in, p, 1);
+  }
+  std::shared_ptr<const SquatSubspace> kept = (*preempted)->subspace();
+  EXPECT_EQ(kept != nullptr, HasSquatState(format.method));
+  preempted->reset();
+  // The kept subspace holds its pages, and only those, for the recomputation.
+  const int64_t kept_pages = kept ? kept->pages() : 0;
+  EXPECT_EQ(manager->stats().used_pages, (*run)->pages() + kept_pages);
+
+  auto recomputed = manager->NewSequence(format, 1 + rng_() % 20, kept);
+  ASSERT_TRUE(recomputed.ok()) << recomputed.status();
+  // Prompt and generated tokens come back as one longer prompt.
+  ChunkedPrefill(**recomputed, in, prompt + before, rng_);
+  EXPECT_EQ((*recomputed)->subspace(), kept);
+  EXPECT_EQ(manager->stats().used_pages, (*run)->pages() + (*recomputed)->pages());
+  ASSERT_TRUE((*recomputed)->Reserve(total).ok());
+  for (int64_t p = prompt + before; p < total; ++p) {
+    const std::vector<at::Tensor> a = Step(**run, in, p, 1), b = Step(**recomputed, in, p, 1);
+    for (int64_t l = 0; l < shape.num_layers; ++l) {
+      ASSERT_LT(MaxAbsDiff(a[l], b[l]), 1e-4) << "decode position " << p << " layer " << l;
+    }
+  }
+  auto* original = dynamic_cast<QuantizedSequenceCache*>(run->get());
+  if (!original) return;  // fp16: outputs only
+  auto* again = dynamic_cast<QuantizedSequenceCache*>(recomputed->get());
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(AllEqual(QuantizedContents(*again, shape), QuantizedContents(*original, shape)));
+
+  if (!HasSquatState(format.method)) return;
+  // Without the kept subspace, the longer prompt builds a different one: the codes show it.
+  auto fresh = manager->NewSequence(format, total);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  Step(**fresh, in, 0, prompt + before);
+  for (int64_t p = prompt + before; p < total; ++p) Step(**fresh, in, p, 1);
+  EXPECT_FALSE(AllEqual(QuantizedContents(*dynamic_cast<QuantizedSequenceCache*>(fresh->get()), shape),
+                        QuantizedContents(*original, shape)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, RecomputeTest,
+                         ::testing::Combine(::testing::Values(ChunkCase{KvMethod::kFp16, 16, 32},
+                                                              ChunkCase{KvMethod::kKivi, 2, 32},
+                                                              ChunkCase{KvMethod::kSquatPre, 2, 32},
+                                                              ChunkCase{KvMethod::kSquatPre, 4, 16},
+                                                              ChunkCase{KvMethod::kSquatPost, 2, 16}),
+                                            ::testing::Bool()),
+                         ChunkCaseName);
+
+TEST_F(KvPoolTest, ReusedSubspaceMustMatch) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  const KvFormat format = Quantized(KvMethod::kSquatPre, 2, 2, 32, 32);
+  auto manager = MakeManager(shape, format, 40);
+  auto other_manager = MakeManager(shape, format, 40);
+  ASSERT_TRUE(manager && other_manager);
+  auto seq = manager->NewSequence(format, 40);
+  ASSERT_TRUE(seq.ok());
+  const RunInputs in = RandomInputs(shape, 40);
+  Step(**seq, in, 0, 20, false);
+  EXPECT_EQ((*seq)->subspace(), nullptr);
+  Step(**seq, in, 20, 5);
+  const std::shared_ptr<const SquatSubspace> subspace = (*seq)->subspace();
+  ASSERT_NE(subspace, nullptr);
+
+  // squat-post quantizes with the same (g, r, lambda): it may reuse a squat subspace.
+  KvFormat post = format;
+  post.method = KvMethod::kSquatPost;
+  EXPECT_TRUE(manager->NewSequence(post, 10, subspace).ok());
+  KvFormat other_lambda = format;
+  other_lambda.lambda *= 2;
+  KvFormat other_rank = format;
+  other_rank.subspace_dim += 1;
+  KvFormat other_block = format;
+  other_block.block_size = 16;
+  for (const KvFormat& bad : {other_lambda, other_rank, other_block, Quantized(KvMethod::kKivi, 2, 2, 32, 32), Fp16()}) {
+    const PoolStats before = manager->stats();
+    auto refused = manager->NewSequence(bad, 10, subspace);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_EQ(manager->stats().used_pages, before.used_pages);
+  }
+  auto elsewhere = other_manager->NewSequence(format, 10, subspace);
+  ASSERT_FALSE(elsewhere.ok());
+  EXPECT_EQ(elsewhere.status().code(), absl::StatusCode::kInvalidArgument) << elsewhere.status();
+  // kivi has none.
+  auto kivi = manager->NewSequence(Quantized(KvMethod::kKivi, 2, 2, 32, 32), 10);
+  ASSERT_TRUE(kivi.ok());
+  Step(**kivi, in, 0, 10);
+  EXPECT_EQ((*kivi)->subspace(), nullptr);
+}
+
+// Random lifecycles (chunked prompts, decode steps, reservation growth, preemption with kept
+// subspaces and their reuse): the pool's used pages always equal what the sequences, the kept
+// subspaces and the manager's shared subspace hold, and all of it comes back.
+TEST_F(KvPoolTest, LifecyclesKeepAccountingExact) {
+  SCOPED_TRACE(SeedNote());
+  const KvModelShape shape = SmallShape();
+  auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 60);
+  ASSERT_TRUE(manager);
+  const int64_t page_bytes = manager->stats().page_bytes;
+  KvFormat shared = Quantized(KvMethod::kSquatPre, 2, 2, 32, 32);
+  shared.shared_subspace = true;
+  const std::vector<KvFormat> formats = {Fp16(), Quantized(KvMethod::kKivi, 2, 2, 32, 32),
+                                         Quantized(KvMethod::kSquatPre, 2, 2, 32, 32),
+                                         Quantized(KvMethod::kSquatPost, 4, 2, 16, 32), shared};
+  const int64_t max_total = 200;
+  struct Live {
+    std::unique_ptr<SequenceKvCache> cache;
+    RunInputs in;
+    int64_t prompt;
+  };
+  std::vector<Live> live;
+  std::vector<std::shared_ptr<const SquatSubspace>> kept;
+  int64_t shared_pages = 0;
+  int created = 0, exhausted = 0, grown = 0, refused_growth = 0, completed = 0;
+
+  auto expected_used = [&] {
+    int64_t held = shared_pages;
+    for (const Live& s : live) held += s.cache->pages();
+    for (const auto& k : kept) held += k->pages();
+    return held;
+  };
+  for (int i = 0; i < 300; ++i) {
+    const int op = static_cast<int>(rng_() % 10);
+    if (op < 3 || live.empty()) {  // start a sequence, sometimes from a kept subspace
+      KvFormat format = formats[rng_() % formats.size()];
+      std::shared_ptr<const SquatSubspace> reuse;
+      if (!kept.empty() && rng_() % 2 == 0) {
+        format = Quantized(rng_() % 2 ? KvMethod::kSquatPre : KvMethod::kSquatPost, 2, 2, 32, 32);
+        reuse = kept.back();
+      }
+      const int64_t prompt = 1 + rng_() % 120;
+      const PoolStats before = manager->stats();
+      auto seq = manager->NewSequence(format, 1 + rng_() % prompt, reuse);
+      if (!seq.ok()) {
+        ASSERT_EQ(seq.status().code(), absl::StatusCode::kResourceExhausted) << seq.status();
+        ++exhausted;
+        ASSERT_EQ(manager->stats().used_pages, before.used_pages);
+      } else {
+        ++created;
+        if (reuse) kept.pop_back();  // now held (and counted) by the sequence
+        if (format.shared_subspace && shared_pages == 0) shared_pages = SquatStatePages(shape, format, page_bytes);
+        live.push_back({*std::move(seq), RandomInputs(shape, max_total), prompt});
+      }
+    } else if (op < 8) {  // advance one sequence by a prompt chunk or a decode step
+      Live& s = live[rng_() % live.size()];
+      const int64_t length = s.cache->length();
+      const bool in_prompt = length < s.prompt;
+      const int64_t n = in_prompt ? std::min<int64_t>(1 + rng_() % 40, s.prompt - length) : 1;
+      if (length + n > max_total) continue;
+      const int64_t pages_before = s.cache->pages(), used_before = manager->stats().used_pages;
+      if (length + n > s.cache->reserved_tokens()) {
+        // Grow by a random margin; on failure nothing changes.
+        const int64_t want = std::min<int64_t>(max_total, length + n + rng_() % 30);
+        const absl::Status st = s.cache->Reserve(want);
+        if (!st.ok()) {
+          ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+          ASSERT_EQ(s.cache->pages(), pages_before);
+          ASSERT_EQ(manager->stats().used_pages, used_before);
+          ++refused_growth;
+          continue;
+        }
+        ++grown;
+        ASSERT_EQ(s.cache->reserved_tokens(), want);
+        ASSERT_EQ(manager->stats().used_pages - used_before, s.cache->pages() - pages_before);
+      }
+      const bool completes = in_prompt && length + n == s.prompt;
+      Step(*s.cache, s.in, length, n, !in_prompt || completes);
+      completed += completes;
+      if (completes) {
+        if (auto* q = dynamic_cast<QuantizedSequenceCache*>(s.cache.get())) {
+          ASSERT_EQ(q->staging_pages(), 0);
+        }
+      }
+    } else {  // end a sequence; a squat one may be preempted (its subspace kept for later)
+      const size_t victim = rng_() % live.size();
+      std::shared_ptr<const SquatSubspace> subspace = live[victim].cache->subspace();
+      const bool keep = subspace && !live[victim].cache->format().shared_subspace;
+      live.erase(live.begin() + victim);
+      if (keep) kept.push_back(std::move(subspace));
+    }
+    ASSERT_EQ(manager->stats().used_pages, expected_used()) << "operation " << i;
+    ASSERT_LE(manager->stats().used_pages, manager->stats().total_pages);
+  }
+  EXPECT_GT(created, 20);
+  EXPECT_GT(completed, 10);
+  EXPECT_GT(grown, 10);
+  EXPECT_GT(exhausted + refused_growth, 0);  // the pool was full at times
+  live.clear();
+  kept.clear();
+  EXPECT_EQ(manager->stats().used_pages, shared_pages);
+
+  // One scripted preemption: the kept subspace alone, then inside its recomputed sequence.
+  const KvFormat own = Quantized(KvMethod::kSquatPost, 2, 2, 32, 32);
+  auto first = manager->NewSequence(own, 40);
+  ASSERT_TRUE(first.ok());
+  const RunInputs in = RandomInputs(shape, 40);
+  Step(**first, in, 0, 40);
+  std::shared_ptr<const SquatSubspace> subspace = (*first)->subspace();
+  ASSERT_NE(subspace, nullptr);
+  first->reset();
+  EXPECT_EQ(manager->stats().used_pages, shared_pages + subspace->pages());
+  auto again = manager->NewSequence(own, 10, subspace);
+  ASSERT_TRUE(again.ok());
+  Step(**again, in, 0, 10, false);
+  EXPECT_EQ(manager->stats().used_pages, shared_pages + (*again)->pages());  // counted there now
+  subspace.reset();
+  EXPECT_EQ(manager->stats().used_pages, shared_pages + (*again)->pages());
+  again->reset();
+  EXPECT_EQ(manager->stats().used_pages, shared_pages);
 }
 
 }  // namespace
