@@ -1,6 +1,7 @@
 // The engine: validates requests, queues them, and runs them on one engine thread that owns
-// the model and the KV caches. This walking-skeleton engine runs one sequence at a time;
-// continuous batching replaces the run loop (issue 4) without changing the public API.
+// the model and the KV caches. Each step the scheduler picks prompt chunks and one decode token
+// per running sequence; the model runs them in one batched pass; each sequence samples its next
+// token and streams it out.
 #include "runtime/engine.h"
 
 #include <ATen/ATen.h>
@@ -22,6 +23,7 @@
 #include "runtime/llama_model.h"
 #include "runtime/log.h"
 #include "runtime/model_config.h"
+#include "runtime/scheduler.h"
 #include "runtime/safetensors.h"
 #include "runtime/stop_matcher.h"
 #include "runtime/tokenizer.h"
@@ -75,14 +77,6 @@ std::vector<int32_t> LoadEosTokenIds(const std::string& model_dir, const ModelCo
   return ids;
 }
 
-struct PendingRequest {
-  GenerateRequest request;
-  std::vector<int32_t> prompt_ids;
-  kv::KvFormat kv_format;
-  std::shared_ptr<RequestStream> stream;
-  Clock::time_point submitted;
-};
-
 class EngineImpl : public Engine {
  public:
   EngineImpl(EngineOptions options, ModelConfig config, std::unique_ptr<Tokenizer> tokenizer,
@@ -102,6 +96,11 @@ class EngineImpl : public Engine {
     max_prompt_tokens_ =
         options_.max_prompt_tokens > 0 ? std::min<int64_t>(options_.max_prompt_tokens, max_model_len_ - 1)
                                        : max_model_len_ - 1;
+    SchedulerLimits limits;
+    limits.max_batched_tokens = options_.max_num_batched_tokens;
+    limits.max_prefill_chunk = options_.max_prefill_chunk;
+    limits.max_running = options_.max_num_seqs;
+    scheduler_ = std::make_unique<Scheduler>(*kv_manager_, limits);
     UpdatePoolUsage();
     thread_ = std::thread([this] { Run(); });
   }
@@ -149,15 +148,40 @@ class EngineImpl : public Engine {
                                                      capacity, " tokens of one sequence in format '",
                                                      kv::KvMethodName(format->method), "'"));
     }
+    if (format->method != kv::KvMethod::kFp16) {
+      // Quantized formats stage the prompt in full precision until it is complete.
+      const int64_t staging_capacity =
+          kv_manager_->CapacityTokens(DefaultKvFormat(options_, config_.head_dim, kv::KvMethod::kFp16));
+      if (static_cast<int64_t>(prompt_ids.size()) >= staging_capacity) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "prompt has ", prompt_ids.size(), " tokens; format '", kv::KvMethodName(format->method),
+            "' stages the prompt in full precision and the KV pool holds at most ", staging_capacity, " such tokens"));
+      }
+    }
 
-    auto stream = std::make_shared<RequestStream>(request.request_id);
+    auto seq = std::make_unique<Sequence>();
+    seq->stream = std::make_shared<RequestStream>(request.request_id);
+    seq->kv_format = *format;
+    seq->submitted = Clock::now();
+    seq->prompt_len = static_cast<int64_t>(prompt_ids.size());
+    seq->max_new_tokens = std::min<int64_t>(
+        {static_cast<int64_t>(sampling.max_tokens), max_model_len_ - seq->prompt_len, capacity - seq->prompt_len});
+    seq->sampler = std::make_unique<Sampler>(sampling, prompt_ids,
+                                             std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32));
+    seq->decoder = std::make_unique<StreamingDecoder>(*tokenizer_);
+    seq->stops = std::make_unique<StopMatcher>(sampling.stop);
+    seq->tokens = std::move(prompt_ids);
+    seq->request = std::move(request);
+    std::shared_ptr<RequestStream> stream = seq->stream;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (static_cast<int32_t>(waiting_.size()) >= options_.max_waiting) {
+      if (stopping_) return absl::UnavailableError("server is shutting down; not accepting new requests");
+      if (static_cast<int64_t>(incoming_.size()) + scheduler_waiting_ >= options_.max_waiting) {
         return absl::ResourceExhaustedError(absl::StrCat("request queue is full (", options_.max_waiting,
                                                          " waiting); retry later"));
       }
-      waiting_.push_back(PendingRequest{std::move(request), std::move(prompt_ids), *format, stream, Clock::now()});
+      seq->arrival = next_arrival_++;
+      incoming_.push_back(std::move(seq));
     }
     cv_.notify_all();
     return stream;
@@ -216,11 +240,21 @@ class EngineImpl : public Engine {
     return usage;
   }
 
+  EngineStats Stats() const override {
+    EngineStats stats;
+    stats.steps = steps_.load();
+    stats.preemptions = preemptions_.load();
+    std::lock_guard<std::mutex> lock(mu_);
+    stats.running = scheduler_running_;
+    stats.waiting = scheduler_waiting_ + static_cast<int64_t>(incoming_.size());
+    return stats;
+  }
+
   void StopAccepting() override { accepting_.store(false); }
 
   bool WaitIdle(std::chrono::milliseconds timeout) override {
     std::unique_lock<std::mutex> lock(mu_);
-    return idle_cv_.wait_for(lock, timeout, [this] { return waiting_.empty() && !busy_; });
+    return idle_cv_.wait_for(lock, timeout, [this] { return incoming_.empty() && !busy_; });
   }
 
   void Shutdown() override {
@@ -303,130 +337,144 @@ class EngineImpl : public Engine {
   void Run() {
     at::InferenceMode inference_guard;
     while (true) {
-      PendingRequest next;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || !waiting_.empty(); });
-        if (waiting_.empty()) break;  // stopping and nothing left
-        next = std::move(waiting_.front());
-        waiting_.pop_front();
-        busy_ = true;
+        cv_.wait(lock, [this] { return stopping_ || !incoming_.empty() || !scheduler_->empty(); });
+        while (!incoming_.empty()) {
+          scheduler_->Enqueue(std::move(incoming_.front()));
+          incoming_.pop_front();
+        }
+        busy_ = !scheduler_->empty();
       }
-      if (stopping_) {
-        Finish(next, FinishReason::kCancelled, "engine shut down before the request started");
-      } else {
-        RunOne(next);
+      const bool stopping = stopping_.load();
+      // Cancelled requests leave before the step, so their pages are free for it.
+      for (auto& seq : scheduler_->TakeCancelled(/*all=*/stopping)) {
+        Finish(std::move(seq), FinishReason::kCancelled,
+               stopping ? "engine shut down before the request finished" : "");
       }
+      if (!stopping && !scheduler_->empty()) Step();
       {
         std::lock_guard<std::mutex> lock(mu_);
-        busy_ = false;
+        scheduler_running_ = scheduler_->num_running();
+        scheduler_waiting_ = scheduler_->num_waiting();
+        busy_ = !scheduler_->empty() || !incoming_.empty();
       }
-      idle_cv_.notify_all();
+      preemptions_.store(scheduler_->preemptions());
+      if (!busy_) idle_cv_.notify_all();
+      if (stopping) break;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // Requests that raced with shutdown.
+      while (!incoming_.empty()) {
+        Finish(std::move(incoming_.front()), FinishReason::kCancelled, "engine shut down before the request started");
+        incoming_.pop_front();
+      }
+      busy_ = false;
     }
     idle_cv_.notify_all();
   }
 
-  void Finish(const PendingRequest& req, FinishReason reason, const std::string& error) {
-    GenerationEvent event;
-    event.finished = true;
-    event.finish_reason = reason;
-    event.error_message = error;
-    event.prompt_tokens = static_cast<int32_t>(req.prompt_ids.size());
-    event.timings.total_seconds = SecondsBetween(req.submitted, Clock::now());
-    req.stream->Push(std::move(event));
-  }
+  // One batched forward pass over the scheduler's plan, then sampling and streaming.
+  void Step() {
+    StepPlan plan = scheduler_->Plan();
+    for (auto& [seq, status] : plan.failed) {
+      log::Error(absl::StrCat("request ", seq->request.request_id, ": ", status.message()));
+      Finish(std::move(seq), FinishReason::kError, std::string(status.message()));
+    }
+    UpdatePoolUsage();
+    if (plan.chunks.empty()) return;
 
-  bool ShouldAbort(const PendingRequest& req) const {
-    return req.stream->cancel_requested() || stopping_;
-  }
-
-  void RunOne(const PendingRequest& req) {
-    const auto started = Clock::now();
-    const auto& sampling = req.request.sampling;
-    const int64_t prompt_len = static_cast<int64_t>(req.prompt_ids.size());
-    const int64_t budget = std::min<int64_t>(
-        {static_cast<int64_t>(sampling.max_tokens), max_model_len_ - prompt_len,
-         kv_manager_->CapacityTokens(req.kv_format) - prompt_len});
-    std::vector<int32_t> generated;
-    Timings timings;
-    timings.queue_seconds = SecondsBetween(req.submitted, started);
-    FinishReason reason = FinishReason::kLength;
-    std::string error;
-    std::string text_tail;
-    try {
-      if (ShouldAbort(req)) {
-        reason = FinishReason::kCancelled;
-      } else {
-        auto cache_or = kv_manager_->NewSequence(req.kv_format, prompt_len + budget);
-        if (!cache_or.ok()) throw std::runtime_error(std::string(cache_or.status().message()));
-        std::unique_ptr<kv::SequenceKvCache> cache = *std::move(cache_or);
-        UpdatePoolUsage();
-        Sampler sampler(sampling, req.prompt_ids, std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32));
-        StreamingDecoder decoder(*tokenizer_);
-        StopMatcher stops(sampling.stop);
-        std::unordered_set<int32_t> stop_ids(sampling.stop_token_ids.begin(), sampling.stop_token_ids.end());
-        auto cpu_long = at::TensorOptions().dtype(at::kLong);
-        at::Tensor input =
-            at::from_blob(const_cast<int32_t*>(req.prompt_ids.data()), {prompt_len}, at::TensorOptions().dtype(at::kInt))
-                .to(cpu_long)
-                .to(model_->device());
-        reason = FinishReason::kLength;
-        for (int64_t step = 0; step < budget; ++step) {
-          if (ShouldAbort(req)) {
-            reason = FinishReason::kCancelled;
-            break;
-          }
-          at::Tensor logits = model_->Forward(input, *cache, /*last_only=*/true);
-          at::Tensor row = logits.reshape({-1}).to(at::kCPU, at::kFloat).contiguous();
-          SampledToken token = sampler.Sample(row.data_ptr<float>(), static_cast<int32_t>(row.numel()));
-          if (step == 0) timings.time_to_first_token_seconds = SecondsBetween(req.submitted, Clock::now());
-          if (!sampling.ignore_eos && eos_ids_.count(token.token_id)) {
-            reason = FinishReason::kEos;
-            break;
-          }
-          if (stop_ids.count(token.token_id)) {
-            reason = FinishReason::kStop;
-            break;
-          }
-          generated.push_back(token.token_id);
-          GenerationEvent event;
-          event.token_ids.push_back(token.token_id);
-          if (sampling.logprobs > 0) event.logprobs.push_back(token.logprob);
-          event.text = stops.Append(decoder.Push(token.token_id));
-          const bool stopped = stops.stopped();
-          event.prompt_tokens = static_cast<int32_t>(prompt_len);
-          event.completion_tokens = static_cast<int32_t>(generated.size());
-          req.stream->Push(std::move(event));
-          if (stopped) {
-            reason = FinishReason::kStop;
-            break;
-          }
-          input = at::full({1}, static_cast<int64_t>(token.token_id), cpu_long).to(model_->device());
-        }
-        if (reason != FinishReason::kStop && reason != FinishReason::kCancelled) {
-          text_tail = stops.Append(decoder.Flush());
-          if (!stops.stopped()) text_tail += stops.Flush();
-          else reason = FinishReason::kStop;
-        }
+    std::vector<int64_t> rows;
+    std::vector<ForwardSegment> segments;
+    segments.reserve(plan.chunks.size());
+    const auto now = Clock::now();
+    for (const ScheduledChunk& chunk : plan.chunks) {
+      Sequence& seq = *chunk.seq;
+      if (!seq.admitted_once) {
+        seq.admitted_once = true;
+        seq.timings.queue_seconds = SecondsBetween(seq.submitted, now);
       }
+      const int64_t start = seq.computed();
+      rows.insert(rows.end(), seq.tokens.begin() + start, seq.tokens.begin() + start + chunk.num_tokens);
+      segments.push_back(ForwardSegment{seq.cache.get(), chunk.num_tokens, chunk.prompt_complete});
+    }
+
+    at::Tensor logits;
+    try {
+      at::Tensor input = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(model_->device());
+      logits = model_->ForwardBatch(input, segments).to(at::kCPU).contiguous();
     } catch (const std::exception& e) {
-      reason = FinishReason::kError;
-      error = e.what();
+      // A failed pass leaves every cache of the batch half-written: end those requests.
+      std::string error = e.what();
       // c10 errors carry a long backtrace after the first line; keep the message readable.
       if (auto nl = error.find('\n'); nl != std::string::npos) error.resize(nl);
-      log::Error(absl::StrCat("request ", req.request.request_id, ": generation failed: ", error));
+      log::Error(absl::StrCat("step of ", plan.chunks.size(), " sequences failed: ", error));
+      for (const ScheduledChunk& chunk : plan.chunks) {
+        Finish(scheduler_->Release(chunk.seq), FinishReason::kError, "generation failed: " + error);
+      }
+      return;
     }
-    UpdatePoolUsage();  // the sequence's pages went back to the pool with its cache
+    steps_.fetch_add(1);
+    UpdatePoolUsage();  // completed prompts released their full-precision staging
+
+    const int32_t vocab = static_cast<int32_t>(logits.size(1));
+    float* all_rows = logits.data_ptr<float>();
+    for (size_t i = 0; i < plan.chunks.size(); ++i) {
+      const ScheduledChunk& chunk = plan.chunks[i];
+      if (!chunk.samples) continue;  // mid-prompt or replaying generated tokens
+      const SampledToken token = chunk.seq->sampler->Sample(all_rows + i * vocab, vocab);
+      const FinishReason reason = AcceptToken(*chunk.seq, token);
+      if (reason != FinishReason::kNone) Finish(scheduler_->Release(chunk.seq), reason, "");
+    }
+  }
+
+  // Streams a sampled token; returns why the sequence ends, or kNone.
+  FinishReason AcceptToken(Sequence& seq, const SampledToken& token) {
+    const auto& sampling = seq.request.sampling;
+    if (!seq.sampled_once) {
+      seq.sampled_once = true;
+      seq.timings.time_to_first_token_seconds = SecondsBetween(seq.submitted, Clock::now());
+    }
+    if (!sampling.ignore_eos && eos_ids_.count(token.token_id)) return FinishReason::kEos;
+    if (std::find(sampling.stop_token_ids.begin(), sampling.stop_token_ids.end(), token.token_id) !=
+        sampling.stop_token_ids.end()) {
+      return FinishReason::kStop;
+    }
+    seq.tokens.push_back(token.token_id);
+    GenerationEvent event;
+    event.token_ids.push_back(token.token_id);
+    if (sampling.logprobs > 0) event.logprobs.push_back(token.logprob);
+    event.text = seq.stops->Append(seq.decoder->Push(token.token_id));
+    event.prompt_tokens = static_cast<int32_t>(seq.prompt_len);
+    event.completion_tokens = static_cast<int32_t>(seq.generated());
+    seq.stream->Push(std::move(event));
+    if (seq.stops->stopped()) return FinishReason::kStop;
+    if (seq.generated() >= seq.max_new_tokens) return FinishReason::kLength;
+    return FinishReason::kNone;
+  }
+
+  // Frees the sequence's pages, then sends its final event (so that a consumer who sees the
+  // end also sees the pages back in PoolUsage).
+  void Finish(std::unique_ptr<Sequence> seq, FinishReason reason, const std::string& error) {
+    if (!seq) return;
     GenerationEvent last;
+    if (reason == FinishReason::kLength || reason == FinishReason::kEos) {
+      last.text = seq->stops->Append(seq->decoder->Flush());
+      if (!seq->stops->stopped()) last.text += seq->stops->Flush();
+      else reason = FinishReason::kStop;
+    }
+    seq->cache.reset();
+    seq->subspace.reset();
+    UpdatePoolUsage();
     last.finished = true;
     last.finish_reason = reason;
     last.error_message = error;
-    last.text = std::move(text_tail);
-    last.prompt_tokens = static_cast<int32_t>(prompt_len);
-    last.completion_tokens = static_cast<int32_t>(generated.size());
-    timings.total_seconds = SecondsBetween(req.submitted, Clock::now());
-    last.timings = timings;
-    req.stream->Push(std::move(last));
+    last.prompt_tokens = static_cast<int32_t>(seq->prompt_len);
+    last.completion_tokens = static_cast<int32_t>(seq->generated());
+    last.timings = seq->timings;
+    last.timings.total_seconds = SecondsBetween(seq->submitted, Clock::now());
+    seq->stream->Push(std::move(last));
   }
 
   const EngineOptions options_;
@@ -440,13 +488,19 @@ class EngineImpl : public Engine {
   int64_t max_model_len_ = 0;
   int64_t max_prompt_tokens_ = 0;
 
+  std::unique_ptr<Scheduler> scheduler_;  // engine thread only
+
   std::atomic<int64_t> pool_page_bytes_{0}, pool_total_pages_{0}, pool_used_pages_{0};
+  std::atomic<int64_t> steps_{0}, preemptions_{0};
   std::atomic<bool> accepting_{true};
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::condition_variable idle_cv_;
-  std::deque<PendingRequest> waiting_;
-  bool busy_ = false;
+  std::deque<std::unique_ptr<Sequence>> incoming_;  // submitted, not yet seen by the engine thread
+  uint64_t next_arrival_ = 0;
+  int64_t scheduler_waiting_ = 0;  // the scheduler's queue length after the last step
+  int64_t scheduler_running_ = 0;
+  bool busy_ = false;  // the engine thread holds sequences
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
@@ -461,6 +515,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   }
   auto default_method = kv::ParseKvMethod(options.kv_format);
   if (!default_method.ok()) return default_method.status();
+  for (const auto& [name, value] : {std::pair<const char*, int32_t>{"max_num_seqs", options.max_num_seqs},
+                                    {"max_num_batched_tokens", options.max_num_batched_tokens},
+                                    {"max_prefill_chunk", options.max_prefill_chunk}}) {
+    if (value <= 0) return absl::InvalidArgumentError(absl::StrCat(name, " must be > 0, got ", value));
+  }
   const auto t0 = Clock::now();
   auto config = LoadModelConfig((dir / "config.json").string());
   if (!config.ok()) return config.status();

@@ -39,6 +39,11 @@ struct EngineOptions {
   int32_t max_tokens_limit = 4096;  // a request asking for more is rejected
   int32_t max_waiting = 256;        // queued requests beyond this: RESOURCE_EXHAUSTED
   int32_t max_prompt_tokens = 0;    // 0: max_model_len - 1
+  // Continuous batching: each engine step feeds prompt chunks and one decode token per running
+  // sequence through the model at once.
+  int32_t max_num_seqs = 256;             // running sequences (holding KV pages) at most
+  int32_t max_num_batched_tokens = 2048;  // tokens fed per step, prompt chunks and decodes together
+  int32_t max_prefill_chunk = 512;        // prompt tokens one sequence feeds per step
 };
 
 enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled, kError };
@@ -104,6 +109,14 @@ struct KvPoolUsage {
   int64_t used_pages = 0;
 };
 
+// Scheduler counters (thread-safe snapshot).
+struct EngineStats {
+  int64_t steps = 0;        // batched forward passes run
+  int64_t preemptions = 0;  // sequences whose pages were reclaimed (recomputed later)
+  int64_t running = 0;      // sequences holding KV pages
+  int64_t waiting = 0;      // accepted, not running (new or preempted)
+};
+
 struct KvFormatDescription {
   std::string method;
   int32_t k_bits = 16;
@@ -141,6 +154,7 @@ class Engine {
   virtual ModelDescription Describe() const = 0;
   // Pages of the KV pool in use now (thread-safe snapshot).
   virtual KvPoolUsage PoolUsage() const = 0;
+  virtual EngineStats Stats() const = 0;
 
   // Stops accepting new requests (Submit returns UNAVAILABLE from now on).
   virtual void StopAccepting() = 0;

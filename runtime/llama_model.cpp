@@ -156,7 +156,7 @@ at::Tensor RotateHalf(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// x: [heads, T, head_dim]; cos, sin: [T, head_dim].
+// x: [..., head_dim]; cos, sin broadcast against it.
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   return x * cos + RotateHalf(x) * sin;
 }
@@ -313,11 +313,48 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, kv::SequenceKvCache& ca
   c10::InferenceMode inference;
   TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
               "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
+  const int64_t num_tokens = tokens.size(0);
+  at::Tensor x = RunLayers(tokens, {ForwardSegment{&cache, num_tokens, /*prompt_complete=*/true}});
+  if (last_only) x = x.narrow(0, num_tokens - 1, 1);
+  return Logits(x);
+}
+
+at::Tensor LlamaModel::ForwardBatch(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments) {
+  c10::InferenceMode inference;
+  at::Tensor x = RunLayers(tokens, segments);
+  std::vector<int64_t> last_rows;
+  last_rows.reserve(segments.size());
+  int64_t offset = 0;
+  for (const ForwardSegment& segment : segments) {
+    offset += segment.num_tokens;
+    last_rows.push_back(offset - 1);
+  }
+  at::Tensor rows = at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_);
+  return Logits(x.index_select(0, rows));
+}
+
+at::Tensor LlamaModel::Logits(const at::Tensor& hidden) const {
+  return at::linear(RmsNorm(hidden, final_norm_, config_.rms_norm_eps), lm_head_).to(at::kFloat);
+}
+
+at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments) {
+  TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
+              "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
   TORCH_CHECK(tokens.scalar_type() == at::kLong, "Forward: tokens must be int64, got ",
               tokens.scalar_type());
-  const int64_t num_tokens = tokens.size(0);
-  const int64_t start = cache.length();
-  const int64_t total = start + num_tokens;
+  TORCH_CHECK(!segments.empty(), "Forward: no segments");
+  const int64_t num_rows = tokens.size(0);
+  // Each row's position: its segment's cache length plus its index within the segment.
+  std::vector<float> positions;
+  positions.reserve(num_rows);
+  for (const ForwardSegment& segment : segments) {
+    TORCH_CHECK(segment.cache != nullptr && segment.num_tokens > 0,
+                "Forward: every segment needs a cache and at least one token");
+    const int64_t start = segment.cache->length();
+    for (int64_t j = 0; j < segment.num_tokens; ++j) positions.push_back(static_cast<float>(start + j));
+  }
+  TORCH_CHECK(static_cast<int64_t>(positions.size()) == num_rows, "Forward: segments cover ",
+              positions.size(), " rows but tokens has ", num_rows);
   if (tokens.device().is_cpu()) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < config_.vocab_size, "Forward: token id out of range [0, ",
@@ -328,32 +365,42 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, kv::SequenceKvCache& ca
   const int64_t head_dim = config_.head_dim;
   const double eps = config_.rms_norm_eps;
 
-  // RoPE angles for the new positions: float32 products, as HF, then cast to the compute dtype.
-  at::Tensor positions =
-      at::arange(start, total, at::TensorOptions().dtype(at::kFloat).device(device_));
-  at::Tensor freqs = at::outer(positions, inv_freq_);
-  at::Tensor angles = at::cat({freqs, freqs}, -1);
-  at::Tensor cos = angles.cos().to(dtype_), sin = angles.sin().to(dtype_);
+  // RoPE angles: float32 products, as HF. cos/sin are taken in float64 and rounded so that a
+  // position's values do not depend on where its row lands in the batch (vectorised and
+  // scalar float32 cos may differ in the last bit).
+  at::Tensor position_tensor = at::from_blob(positions.data(), {num_rows}, at::TensorOptions().dtype(at::kFloat))
+                                   .to(device_, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor freqs = at::outer(position_tensor, inv_freq_);
+  at::Tensor angles = at::cat({freqs, freqs}, -1).to(at::kDouble);
+  at::Tensor cos = angles.cos().to(dtype_).unsqueeze(1);  // [N, 1, d]: broadcast over heads
+  at::Tensor sin = angles.sin().to(dtype_).unsqueeze(1);
 
-  at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [T, hidden]
+  at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [N, hidden]
   for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
     const Layer& layer = layers_[i];
     at::Tensor h = RmsNorm(x, layer.input_norm, eps);
     at::Tensor qkv = layer.qkv_bias.defined() ? at::linear(h, layer.qkv, layer.qkv_bias)
                                               : at::linear(h, layer.qkv);
-    // [T, heads * d] -> [heads, T, d]
-    at::Tensor q = qkv.narrow(1, 0, heads * head_dim).view({num_tokens, heads, head_dim}).transpose(0, 1);
-    at::Tensor k = qkv.narrow(1, heads * head_dim, kv_heads * head_dim)
-                       .view({num_tokens, kv_heads, head_dim})
-                       .transpose(0, 1);
-    at::Tensor v = qkv.narrow(1, (heads + kv_heads) * head_dim, kv_heads * head_dim)
-                       .view({num_tokens, kv_heads, head_dim})
-                       .transpose(0, 1);
+    // [N, heads * d] -> [N, heads, d]
+    at::Tensor q = qkv.narrow(1, 0, heads * head_dim).view({num_rows, heads, head_dim});
+    at::Tensor k = qkv.narrow(1, heads * head_dim, kv_heads * head_dim).view({num_rows, kv_heads, head_dim});
+    at::Tensor v =
+        qkv.narrow(1, (heads + kv_heads) * head_dim, kv_heads * head_dim).view({num_rows, kv_heads, head_dim});
     // The cache stores keys before or after RoPE depending on its format, so it gets both.
     at::Tensor q_rot = ApplyRope(q, cos, sin);
     at::Tensor k_rot = ApplyRope(k, cos, sin);
-    at::Tensor attn = cache.Attend(i, q_rot, k, k_rot, v);  // [heads, T, d]
-    x = x + at::linear(attn.transpose(0, 1).reshape({num_tokens, heads * head_dim}), layer.o_proj);
+    // Attention per segment, each over its own cache: [T, heads, d] rows -> [heads, T, d].
+    std::vector<at::Tensor> outputs;
+    outputs.reserve(segments.size());
+    int64_t offset = 0;
+    for (const ForwardSegment& segment : segments) {
+      auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
+      at::Tensor attn = segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v));  // [heads, T, d]
+      outputs.push_back(attn.transpose(0, 1).reshape({segment.num_tokens, heads * head_dim}));
+      offset += segment.num_tokens;
+    }
+    at::Tensor attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+    x = x + at::linear(attn, layer.o_proj);
 
     h = RmsNorm(x, layer.post_attn_norm, eps);
     at::Tensor gate_up = at::linear(h, layer.gate_up);
@@ -361,10 +408,10 @@ at::Tensor LlamaModel::Forward(const at::Tensor& tokens, kv::SequenceKvCache& ca
     x = x + at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter),
                        layer.down);
   }
-  cache.Commit(num_tokens);
-
-  if (last_only) x = x.narrow(0, num_tokens - 1, 1);
-  return at::linear(RmsNorm(x, final_norm_, eps), lm_head_).to(at::kFloat);
+  for (const ForwardSegment& segment : segments) {
+    segment.cache->Commit(segment.num_tokens, segment.prompt_complete);
+  }
+  return x;
 }
 
 }  // namespace squat

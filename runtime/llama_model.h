@@ -17,6 +17,14 @@ namespace squat {
 
 class CheckpointReader;
 
+// One sequence's share of a batched forward pass: the next num_tokens rows of the token
+// batch, at positions [cache->length(), cache->length() + num_tokens).
+struct ForwardSegment {
+  kv::SequenceKvCache* cache = nullptr;
+  int64_t num_tokens = 0;
+  bool prompt_complete = true;  // false: a prompt chunk with more to come (Commit's flag)
+};
+
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   // "auto": float32 on CPU, the checkpoint's dtype (float16/bfloat16) on CUDA;
@@ -38,6 +46,12 @@ class LlamaModel {
   // and returns float32 logits: [T, vocab] or, with last_only, [1, vocab] for the last position.
   at::Tensor Forward(const at::Tensor& tokens, kv::SequenceKvCache& cache, bool last_only = true);
 
+  // Several sequences in one pass: tokens (int64 [N]) are the segments' rows one after the
+  // other. Every linear layer runs once over the N rows; attention runs per segment through
+  // its cache; each cache is committed at the end. Returns float32 logits [segments, vocab]
+  // of each segment's last row.
+  at::Tensor ForwardBatch(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments);
+
   // What the KV cache needs to know about this model (sizes, dtype, device, RoPE frequencies).
   kv::KvModelShape kv_shape() const;
 
@@ -49,6 +63,10 @@ class LlamaModel {
  private:
   struct Layer;
   LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+  // The decoder stack over all rows, caches committed: hidden states [N, hidden] before the
+  // final norm.
+  at::Tensor RunLayers(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments);
+  at::Tensor Logits(const at::Tensor& hidden) const;  // final norm + lm_head, float32
   ModelConfig config_;
   at::Device device_;
   at::ScalarType dtype_;

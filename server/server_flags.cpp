@@ -33,6 +33,10 @@ ABSL_FLAG(int32_t, max_model_len, 0, "Max tokens per sequence; 0: the model's ma
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens of a request that leaves it 0");
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "Requests asking for more tokens are rejected");
 ABSL_FLAG(int32_t, max_waiting, 256, "Queued requests beyond this are rejected (RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int32_t, max_num_seqs, 256, "Sequences running (holding KV pages) at once");
+ABSL_FLAG(int32_t, max_num_batched_tokens, 2048,
+          "Tokens fed to the model per engine step: prompt chunks plus one per decoding sequence");
+ABSL_FLAG(int32_t, max_prefill_chunk, 512, "Prompt tokens one sequence feeds per step (longer prompts take several)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds to let in-flight requests finish on SIGTERM");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
 
@@ -108,6 +112,9 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   engine.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   engine.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
   engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  engine.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  engine.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  engine.max_prefill_chunk = absl::GetFlag(FLAGS_max_prefill_chunk);
 
   if (config.address.empty()) return absl::InvalidArgumentError("--address is empty");
   if (engine.model_dir.empty()) return absl::InvalidArgumentError("--model is empty");
@@ -123,6 +130,11 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
         "--default-max-tokens must be in [1, --max-tokens-limit=", engine.max_tokens_limit, "]"));
   }
   if (engine.max_waiting <= 0) return absl::InvalidArgumentError("--max-waiting must be > 0");
+  if (engine.max_num_seqs <= 0) return absl::InvalidArgumentError("--max-num-seqs must be > 0");
+  if (engine.max_num_batched_tokens <= 0) {
+    return absl::InvalidArgumentError("--max-num-batched-tokens must be > 0");
+  }
+  if (engine.max_prefill_chunk <= 0) return absl::InvalidArgumentError("--max-prefill-chunk must be > 0");
   if (config.drain_timeout_s < 0) {
     return absl::InvalidArgumentError("--drain-timeout-s must be >= 0");
   }
