@@ -135,9 +135,37 @@ class PagedKvCacheManager final : public KvCacheManager {
     if (!ValidateKvFormat(format, shape_.head_dim).ok()) return 0;
     return CapacityForPages(shape_, format, pool_->page_bytes(), pool_->total_pages());
   }
+  int64_t PromptCapacityTokens(const KvFormat& format) const override {
+    if (!ValidateKvFormat(format, shape_.head_dim).ok()) return 0;
+    const int64_t per_page = TokensPerPage(shape_, format, pool_->page_bytes());
+    if (per_page == 0) return 0;
+    // Binary search on what NewSequence reserves (monotonic in the token count); a sequence
+    // that builds its own subspace needs the most.
+    auto fits = [&](int64_t tokens) {
+      return PromptPages(format, tokens, HasSquatState(format.method)) <= pool_->total_pages();
+    };
+    int64_t lo = 0, hi = pool_->total_pages() * per_page + format.residual_length + 1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (fits(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return lo;
+  }
 
  private:
   static SharedStateKey KeyOf(const KvFormat& f) { return {f.block_size, f.subspace_dim, f.lambda}; }
+  // Pages NewSequence(format, tokens) reserves: steady state, prompt staging and, while it
+  // collects its prompt's queries, the Gram and the pending query rows.
+  int64_t PromptPages(const KvFormat& format, int64_t tokens, bool collects_queries) const {
+    const int64_t page_bytes = pool_->page_bytes();
+    return PagesForSequence(shape_, format, page_bytes, tokens).total() +
+           PromptStagingPages(shape_, format, page_bytes, tokens) +
+           (collects_queries ? QueryGramPages(shape_, page_bytes) + PendingQueryPages(shape_, page_bytes) : 0);
+  }
 
   KvModelShape shape_;
   KvFormat default_format_;
@@ -189,7 +217,7 @@ absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequenc
   const int64_t gram = collects_queries ? QueryGramPages(shape_, page_bytes) : 0;
   const int64_t pending = collects_queries ? PendingQueryPages(shape_, page_bytes) : 0;
   // The SQuat state counts even when shared or reused: it occupies the pool either way.
-  const int64_t prompt_need = steady.total() + staging + gram + pending;
+  const int64_t prompt_need = PromptPages(format, max_tokens, collects_queries);
   if (prompt_need > pool_->total_pages()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "KV cache: ", max_tokens, " tokens of ", Describe(format), " need ", prompt_need, " pages",

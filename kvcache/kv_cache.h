@@ -89,6 +89,9 @@ class KvCacheManager {
   // Tokens of this format the whole pool holds for one sequence once its prompt is complete
   // (residual/state included; prompt staging excluded, so it is reached through Reserve).
   virtual int64_t CapacityTokens(const KvFormat& format) const = 0;
+  // The longest prompt of this format that NewSequence could ever reserve in the empty pool
+  // (quantized formats stage the prompt in full precision until it is complete).
+  virtual int64_t PromptCapacityTokens(const KvFormat& format) const = 0;
 };
 
 class SequenceKvCache {

@@ -148,15 +148,12 @@ class EngineImpl : public Engine {
                                                      capacity, " tokens of one sequence in format '",
                                                      kv::KvMethodName(format->method), "'"));
     }
-    if (format->method != kv::KvMethod::kFp16) {
-      // Quantized formats stage the prompt in full precision until it is complete.
-      const int64_t staging_capacity =
-          kv_manager_->CapacityTokens(DefaultKvFormat(options_, config_.head_dim, kv::KvMethod::kFp16));
-      if (static_cast<int64_t>(prompt_ids.size()) >= staging_capacity) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "prompt has ", prompt_ids.size(), " tokens; format '", kv::KvMethodName(format->method),
-            "' stages the prompt in full precision and the KV pool holds at most ", staging_capacity, " such tokens"));
-      }
+    // Quantized formats stage the prompt in full precision until it is complete.
+    const int64_t prompt_capacity = kv_manager_->PromptCapacityTokens(*format);
+    if (static_cast<int64_t>(prompt_ids.size()) > prompt_capacity) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt has ", prompt_ids.size(), " tokens; the KV pool can take a prompt of at most ", prompt_capacity,
+          " tokens in format '", kv::KvMethodName(format->method), "'"));
     }
 
     auto seq = std::make_unique<Sequence>();

@@ -405,6 +405,18 @@ TEST_F(KvPoolTest, CapacityIsExactAndFullPoolIsExhausted) {
     auto too_long = manager->NewSequence(format, capacity + 1);
     ASSERT_FALSE(too_long.ok());
     EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument) << too_long.status();
+    // The prompt capacity is exact: that many tokens can be reserved at once in the empty pool
+    // (a squat sequence also collects its queries), one more never can.
+    const int64_t prompt_capacity = manager->PromptCapacityTokens(format);
+    ASSERT_GT(prompt_capacity, 0);
+    EXPECT_LE(prompt_capacity, capacity);
+    {
+      auto longest = manager->NewSequence(format, prompt_capacity);
+      EXPECT_TRUE(longest.ok()) << longest.status();
+    }
+    auto over = manager->NewSequence(format, prompt_capacity + 1);
+    ASSERT_FALSE(over.ok());
+    EXPECT_EQ(over.status().code(), absl::StatusCode::kInvalidArgument) << over.status();
     auto at_once = manager->NewSequence(format, capacity);
     if (IsQuantized(format.method)) {
       // A prompt of that length could not even be staged in full precision.

@@ -368,11 +368,52 @@ TEST(Admission, RequestThatCouldNeverFitIsRejected) {
   auto quantized = engine->Submit(RandomGreedy(rng, 600, 4, "kivi"));
   ASSERT_FALSE(quantized.ok());
   EXPECT_EQ(quantized.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(quantized.status().message()).find("full precision"), std::string::npos) << quantized.status();
+  EXPECT_NE(std::string(quantized.status().message()).find("can take a prompt of at most"), std::string::npos)
+      << quantized.status();
   // Below both limits: accepted and completed.
   auto fits = engine->Submit(RandomGreedy(rng, 300, 4, "kivi"));
   ASSERT_TRUE(fits.ok()) << fits.status();
   EXPECT_EQ(Drain(**fits).last.finish_reason, FinishReason::kLength);
+}
+
+// Submit's prompt limit is exact: the longest accepted prompt of each quantized method runs to
+// completion (never an error event at admission), one token more is INVALID_ARGUMENT.
+TEST(Admission, LongestAcceptedPromptRuns) {
+  EngineOptions options;
+  options.kv_pool_bytes = 1 << 20;
+  auto engine = MakeEngine(options);
+  ASSERT_TRUE(engine);
+  std::mt19937 rng(std::random_device{}());
+  for (const std::string method : {"kivi", "squat", "squat-post"}) {
+    SCOPED_TRACE(method);
+    auto accepted = [&](int len) {
+      auto s = engine->Submit(RandomGreedy(rng, len, 1, method));
+      if (!s.ok()) {
+        EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+        return false;
+      }
+      (*s)->Cancel();
+      Drain(**s);
+      return true;
+    };
+    int lo = 1, hi = 2047;  // the tiny model's context is 2048
+    ASSERT_TRUE(accepted(lo));
+    while (lo < hi) {
+      const int mid = lo + (hi - lo + 1) / 2;
+      if (accepted(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    ASSERT_LT(lo, 2047) << "the pool, not the context, must be the limit here";
+    EXPECT_FALSE(accepted(lo + 1));
+    auto longest = engine->Submit(RandomGreedy(rng, lo, 2, method));
+    ASSERT_TRUE(longest.ok()) << longest.status();
+    Outcome out = Drain(**longest);
+    EXPECT_EQ(out.last.finish_reason, FinishReason::kLength) << out.last.error_message;
+    EXPECT_EQ(out.ids.size(), 2u);
+  }
 }
 
 }  // namespace
