@@ -200,7 +200,9 @@ QuantizedTensor QuantizeKeys(const at::Tensor& x, int bits, int64_t group_size, 
                     compensation[i].size(1) == rest,
                 "compensation matrix ", i, " must be [", block_size, ", ", rest, "], got ",
                 compensation[i].sizes());
-    feed_forward.push_back(compensation[i].to(x.options()));
+    // Row-major whatever the caller passed: BLAS rounds a transposed operand differently, and
+    // a flush must quantize exactly like the prefill that used the same C_i.
+    feed_forward.push_back(compensation[i].to(x.options()).contiguous());
   }
 
   // Compensated targets, updated in place as blocks are fixed.
