@@ -34,10 +34,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "tests/process_test_support.h"
 
 namespace {
 
 using nlohmann::json;
+using namespace squat::testing_support;
 
 // A hung server or bench must fail the test, not the whole ctest run.
 constexpr std::chrono::seconds kTestTimeout(170);
@@ -54,43 +56,7 @@ constexpr int kPromptMin = 4, kPromptMax = 96;
 constexpr int kMaxTokensMin = 2, kMaxTokensMax = 48;
 constexpr double kCancelFraction = 0.1;
 
-std::mt19937_64& Rng() {
-  static std::mt19937_64 rng{std::random_device{}()};
-  return rng;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
-std::string TempPath(const std::string& stem) {
-  return absl::StrCat(::testing::TempDir(), "squat_load_", getpid(), "_", stem, "_",
-                      absl::Hex(Rng()(), absl::kZeroPad16));
-}
-
-int ExitCodeOf(int wait_status) {
-  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
-  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
-  return -1;
-}
-
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
+std::string TempPath(const std::string& stem) { return UniqueTempPath("squat_load", stem); }
 
 // A child process with stdout to one file and stderr to another. It dies with the test
 // process (PR_SET_PDEATHSIG) and is killed when this object goes away while it still runs.
@@ -164,34 +130,6 @@ RunResult RunToExit(std::vector<std::string> args, std::chrono::seconds timeout)
   const std::optional<int> status = child.WaitExit(timeout);
   return {status.has_value() ? ExitCodeOf(*status) : -1, child.Out(), child.Err()};
 }
-
-// Ends the test process (and with it the children, through PDEATHSIG) if a test hangs.
-class Watchdog {
- public:
-  explicit Watchdog(std::chrono::seconds timeout)
-      : thread_([this, timeout] {
-          std::unique_lock<std::mutex> lock(mu_);
-          if (!cv_.wait_for(lock, timeout, [this] { return done_; })) {
-            std::fprintf(stderr, "load_test: test exceeded %llds; aborting\n",
-                         static_cast<long long>(timeout.count()));
-            std::_Exit(1);
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 // Proto JSON writes 64-bit integers as strings.
 uint64_t JsonUint64(const json& value) {
@@ -298,7 +236,7 @@ class LoadTest : public ::testing::Test {
     return used;
   }
 
-  Watchdog watchdog_{kTestTimeout};
+  Watchdog watchdog_{"load_test", kTestTimeout};
   std::string address_;
   std::unique_ptr<Child> server_;
 };

@@ -32,12 +32,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "tests/process_test_support.h"
 #include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.pb.h"
 #include "squat/v1/generation.pb.h"
 
 namespace {
 
+using namespace squat::testing_support;
 using squat::v1::GenerateResponse;
 using squat::v1::GenerateStreamResponse;
 
@@ -48,11 +50,6 @@ constexpr std::chrono::seconds kStartupTimeout(60);
 // test cancels it or signals the server.
 constexpr int kMaxTokensLimit = 1024;
 constexpr int kLongGeneration = 1000;
-
-std::mt19937_64& Rng() {
-  static std::mt19937_64 rng{std::random_device{}()};
-  return rng;
-}
 
 std::string RandomHex() { return absl::StrCat(absl::Hex(Rng()(), absl::kZeroPad16)); }
 
@@ -65,13 +62,6 @@ std::string RandomPrompt() {
   std::vector<std::string> words;
   for (int i = 0; i < count; ++i) words.push_back(kWords[Rng()() % std::size(kWords)]);
   return absl::StrJoin(words, " ");
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
 }
 
 template <typename Message>
@@ -94,21 +84,13 @@ std::string ShellQuote(const std::string& s) {
   return quoted + "'";
 }
 
-int ExitCodeOf(int wait_status) {
-  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
-  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
-  return -1;
-}
-
 struct CliResult {
   int exit_code = -1;
   std::string out;
   std::string err;
 };
 
-std::string TempPath(const std::string& stem) {
-  return absl::StrCat(::testing::TempDir(), "squat_e2e_", getpid(), "_", stem, "_", RandomHex());
-}
+std::string TempPath(const std::string& stem) { return UniqueTempPath("squat_e2e", stem); }
 
 // A squat-cli child whose stdout is read through a pipe; stderr goes to a file.
 class CliProcess {
@@ -161,22 +143,6 @@ CliResult RunCli(const std::vector<std::string>& args) {
 
 std::vector<std::string> Lines(const std::string& text) {
   return absl::StrSplit(text, '\n', absl::SkipEmpty());
-}
-
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 // The squat-server child. It dies with the test process (PR_SET_PDEATHSIG) and is killed
@@ -275,34 +241,6 @@ class ServerProcess {
   std::optional<int> exit_status_;
 };
 
-// Ends the test process (and with it the server, through PDEATHSIG) if a test hangs.
-class Watchdog {
- public:
-  explicit Watchdog(std::chrono::seconds timeout)
-      : thread_([this, timeout] {
-          std::unique_lock<std::mutex> lock(mu_);
-          if (!cv_.wait_for(lock, timeout, [this] { return done_; })) {
-            std::fprintf(stderr, "server_e2e_test: test exceeded %llds; aborting\n",
-                         static_cast<long long>(timeout.count()));
-            std::_Exit(1);
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
-
 // The tiny model's config.json, read independently of the server.
 google::protobuf::Struct TinyConfig() {
   return ParseJson<google::protobuf::Struct>(ReadFile(SQUAT_TINY_MODEL_DIR "/config.json"));
@@ -373,7 +311,7 @@ class ServerE2ETest : public ::testing::Test {
     EXPECT_TRUE(result.out.empty()) << result.out;
   }
 
-  Watchdog watchdog_{kTestTimeout};
+  Watchdog watchdog_{"server_e2e_test", kTestTimeout};
   std::unique_ptr<ServerProcess> server_;
 };
 
