@@ -1,7 +1,7 @@
 # The two entry points (README): `make run` and `make test`. Both install what they need.
 PRESET ?= release
 BUILD_DIR := build/$(PRESET)
-MODEL ?= models/default
+MODEL ?= models/tiny-english
 ADDRESS ?= 127.0.0.1:50051
 ARGS ?=
 
@@ -18,12 +18,10 @@ configure: deps
 build: configure
 	cmake --build --preset $(PRESET)
 
-# Until the trained default model lands (issue 7), models/default is a small random-weight
-# checkpoint written by the project's own generator on first use.
-$(MODEL)/config.json: | build
-	$(BUILD_DIR)/tools/squat-make-checkpoint --preset tiny --seed 1 --out $(MODEL)
-
-run: build $(MODEL)/config.json
+# models/tiny-english is the small English model trained by tools/train_tiny (its README.md is
+# the model card); MODEL=DIR serves any other Hugging Face checkpoint directory.
+run: build
+	@test -f $(MODEL)/config.json || { echo "$(MODEL)/config.json not found: MODEL must be a Hugging Face checkpoint directory" >&2; exit 1; }
 	$(BUILD_DIR)/server/squat-server --model $(MODEL) --address $(ADDRESS) $(ARGS)
 
 test: build
