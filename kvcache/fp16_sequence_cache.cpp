@@ -34,6 +34,25 @@ at::Tensor Fp16SequenceCache::Attend(int64_t layer, const at::Tensor& q_rot, con
                          slots_.Read(layer, KvPart::kValues, 0, start + tokens), start);
 }
 
+bool Fp16SequenceCache::PlanBatchedDecode(DecodePlan* plan) const {
+  if (!shape_.device.is_cuda() || length_ + 1 > reserved_) return false;
+  for (int64_t stored : stored_) {
+    if (stored != length_) return false;
+  }
+  plan->pool = pool_.get();
+  plan->shape = shape_;
+  plan->format = format_;
+  plan->slots_per_page = tokens_per_page_;
+  plan->data_pages = pages_.pages();
+  plan->tokens = length_ + 1;
+  plan->key_slot = length_;
+  return true;
+}
+
+void Fp16SequenceCache::CompleteBatchedDecode() {
+  for (int64_t& stored : stored_) stored = length_ + 1;
+}
+
 void Fp16SequenceCache::Commit(int64_t num_tokens, bool prompt_complete) {
   TORCH_CHECK(num_tokens > 0, "Commit: num_tokens must be > 0, got ", num_tokens);
   for (int64_t layer = 0; layer < shape_.num_layers; ++layer) {

@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvcache/batched_decode.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_stores.h"
 
 namespace squat::kv {
 
-class Fp16SequenceCache final : public SequenceKvCache {
+class Fp16SequenceCache final : public SequenceKvCache, public BatchDecodable {
  public:
   Fp16SequenceCache(const KvModelShape& shape, const KvFormat& format, int64_t reserved_tokens,
                     std::shared_ptr<PagePool> pool, PageLease pages);
@@ -31,6 +32,10 @@ class Fp16SequenceCache final : public SequenceKvCache {
   int64_t reserved_tokens() const override { return reserved_; }
   std::shared_ptr<const SquatSubspace> subspace() const override { return nullptr; }
   int64_t pages() const override { return pages_.size(); }
+
+  // Batched CUDA decode (batched_decode.h).
+  bool PlanBatchedDecode(DecodePlan* plan) const override;
+  void CompleteBatchedDecode() override;
 
  private:
   KvModelShape shape_;

@@ -24,6 +24,8 @@ class PagePool {
   int64_t used_pages() const;
   int64_t free_pages() const { return total_pages_ - used_pages(); }
   at::Device device() const { return storage_.device(); }
+  // Base of page 0 (the kernels address pages as data() + page * page_bytes()).
+  const void* data() const { return storage_.data_ptr(); }
 
   // All or nothing: `count` page ids, or RESOURCE_EXHAUSTED leaving the pool unchanged.
   absl::StatusOr<std::vector<int64_t>> Allocate(int64_t count);

@@ -90,8 +90,16 @@ void QuantizedSequenceCache::CompletePrompt() {
       const int64_t rows = shape_.num_attention_heads / shape_.num_kv_heads * length_;
       buildable_->Build(layer, gram_.Total(layer), rows);
     }
-    QuantizePrompt(layer);
   }
+  // On CUDA, two launches quantize every layer's prompt (else ATen ops per layer and head).
+  const int64_t r = format_.residual_length;
+  KernelQuantization prompt;
+  prompt.source_pages = staging_pages_.pages();
+  prompt.layers = shape_.num_layers;
+  prompt.key_groups = (length_ - length_ % r) / format_.group_size;
+  prompt.value_tokens = std::max<int64_t>(0, length_ - r);
+  const bool packed = shape_.device.is_cuda() && QuantizeWithKernels(BasePlan(), prompt);
+  for (int64_t layer = 0; layer < shape_.num_layers; ++layer) QuantizePrompt(layer, packed);
   // The prompt now lives in the quantized pages and the windows.
   gram_.Release();
   staging_pages_.Reset();
@@ -100,7 +108,7 @@ void QuantizedSequenceCache::CompletePrompt() {
   prompt_complete_ = true;
 }
 
-void QuantizedSequenceCache::QuantizePrompt(int64_t layer) {
+void QuantizedSequenceCache::QuantizePrompt(int64_t layer, bool packed) {
   const int64_t tokens = length_, r = format_.residual_length;
   const at::Tensor keys = staging_.Read(layer, KvPart::kKeys, 0, tokens);
   const at::Tensor values = staging_.Read(layer, KvPart::kValues, 0, tokens);
@@ -108,7 +116,7 @@ void QuantizedSequenceCache::QuantizePrompt(int64_t layer) {
   WindowState& w = windows_[layer];
   w.quantized_keys = tokens - tokens % r;
   w.residual_keys = tokens - w.quantized_keys;
-  if (w.quantized_keys > 0) {
+  if (w.quantized_keys > 0 && !packed) {
     quantized_.WriteKeys(layer, 0, QuantizeKeyBlock(keys.narrow(1, 0, w.quantized_keys), format_,
                                                     Compensation(layer)));
   }
@@ -118,7 +126,7 @@ void QuantizedSequenceCache::QuantizePrompt(int64_t layer) {
 
   w.quantized_values = std::max<int64_t>(0, tokens - r);
   w.residual_values = tokens - w.quantized_values;
-  if (w.quantized_values > 0) {
+  if (w.quantized_values > 0 && !packed) {
     quantized_.WriteValues(layer, 0, QuantizeValueTokens(values.narrow(1, 0, w.quantized_values), format_));
   }
   WriteValueRing(layer, w.quantized_values, values.narrow(1, w.quantized_values, w.residual_values));
@@ -163,11 +171,75 @@ at::Tensor QuantizedSequenceCache::Decode(int64_t layer, const at::Tensor& q_rot
   return out;
 }
 
+DecodePlan QuantizedSequenceCache::BasePlan() const {
+  DecodePlan plan;
+  plan.pool = pool_.get();
+  plan.shape = shape_;
+  plan.format = format_;
+  plan.tokens_per_page = tokens_per_page_;
+  plan.slots_per_page = slots_per_page_;
+  plan.data_pages = data_pages_.pages();
+  plan.residual_pages = residual_pages_.pages();
+  if (state_) plan.state_pages = state_->page_ids();
+  return plan;
+}
+
+bool QuantizedSequenceCache::PlanBatchedDecode(DecodePlan* plan) const {
+  if (!shape_.device.is_cuda() || !prompt_complete_ || length_ + 1 > reserved_) return false;
+  for (int64_t layer = 0; layer < shape_.num_layers; ++layer) {
+    if (attended_[layer] != length_ || windows_[layer].tokens() != length_) return false;
+  }
+  const WindowState& w = windows_[0];  // every layer's windows move in lockstep
+  const int64_t r = format_.residual_length;
+  *plan = BasePlan();
+  plan->tokens = length_ + 1;
+  plan->quantized_keys = w.quantized_keys;
+  plan->quantized_values = w.quantized_values;
+  plan->key_slot = w.residual_keys;
+  plan->flush_keys = w.residual_keys + 1 == r;
+  plan->slide_value = w.residual_values + 1 > r;
+  // Past the reservation the per-sequence path throws with the full message.
+  if (plan->flush_keys && w.quantized_keys + r > quantized_.capacity()) return false;
+  if (plan->slide_value && w.quantized_values + 1 > quantized_.capacity()) return false;
+  return true;
+}
+
+void QuantizedSequenceCache::CompleteBatchedDecode() {
+  const int64_t r = format_.residual_length;
+  for (int64_t layer = 0; layer < shape_.num_layers; ++layer) {
+    WindowState& w = windows_[layer];
+    attended_[layer] = w.tokens() + 1;
+    ++w.residual_keys;
+    ++w.residual_values;
+    // As Decode: the step read the keys in full precision, then they moved into the pages.
+    w.step_quantized_keys = w.quantized_keys;
+    w.step_residual_keys = w.residual_keys;
+    w.step_flushed = w.residual_keys == r;
+    if (w.step_flushed) {
+      w.quantized_keys += r;
+      w.residual_keys = 0;
+      ++w.key_flushes;
+    }
+    if (w.residual_values > r) {
+      ++w.quantized_values;
+      --w.residual_values;
+    }
+  }
+}
+
 void QuantizedSequenceCache::FlushKeys(int64_t layer) {
   WindowState& w = windows_[layer];
   const int64_t r = format_.residual_length;
-  const at::Tensor block = residual_.Read(layer, KvPart::kKeys, 0, r);
-  quantized_.WriteKeys(layer, w.quantized_keys, QuantizeKeyBlock(block, format_, Compensation(layer)));
+  KernelQuantization flush;
+  flush.source_pages = residual_pages_.pages();
+  flush.first_layer = layer;
+  flush.layers = 1;
+  flush.key_groups = r / format_.group_size;
+  flush.key_first_token = w.quantized_keys;
+  if (!(shape_.device.is_cuda() && QuantizeWithKernels(BasePlan(), flush))) {
+    const at::Tensor block = residual_.Read(layer, KvPart::kKeys, 0, r);
+    quantized_.WriteKeys(layer, w.quantized_keys, QuantizeKeyBlock(block, format_, Compensation(layer)));
+  }
   w.quantized_keys += r;
   w.residual_keys = 0;
   ++w.key_flushes;
@@ -175,8 +247,18 @@ void QuantizedSequenceCache::FlushKeys(int64_t layer) {
 
 void QuantizedSequenceCache::SlideValue(int64_t layer) {
   WindowState& w = windows_[layer];
-  const at::Tensor oldest = ReadValueRing(layer, w.quantized_values, 1);
-  quantized_.WriteValues(layer, w.quantized_values, QuantizeValueTokens(oldest, format_));
+  KernelQuantization slide;
+  slide.source_pages = residual_pages_.pages();
+  slide.first_layer = layer;
+  slide.layers = 1;
+  slide.value_tokens = 1;
+  slide.value_source_slot = w.quantized_values;
+  slide.value_first_token = w.quantized_values;
+  slide.value_ring = ResidualSlots(format_);
+  if (!(shape_.device.is_cuda() && QuantizeWithKernels(BasePlan(), slide))) {
+    const at::Tensor oldest = ReadValueRing(layer, w.quantized_values, 1);
+    quantized_.WriteValues(layer, w.quantized_values, QuantizeValueTokens(oldest, format_));
+  }
   ++w.quantized_values;
   --w.residual_values;
 }

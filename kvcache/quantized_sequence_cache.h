@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvcache/batched_decode.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_stores.h"
@@ -43,7 +44,7 @@ struct QuantizedSequenceLeases {
   PageLease data, residual, staging, gram, pending_queries;
 };
 
-class QuantizedSequenceCache final : public SequenceKvCache {
+class QuantizedSequenceCache final : public SequenceKvCache, public BatchDecodable {
  public:
   // `state` is null for kivi. `buildable` is the same object when this sequence may build its
   // layers (its own subspace, or a shared one not built yet), null when it is reused.
@@ -61,6 +62,10 @@ class QuantizedSequenceCache final : public SequenceKvCache {
   std::shared_ptr<const SquatSubspace> subspace() const override;
   int64_t pages() const override;
 
+  // Batched CUDA decode (batched_decode.h).
+  bool PlanBatchedDecode(DecodePlan* plan) const override;
+  void CompleteBatchedDecode() override;
+
   // Test-only views of the internals.
   bool prompt_complete() const { return prompt_complete_; }
   const WindowState& window(int64_t layer) const { return windows_[layer]; }
@@ -74,7 +79,10 @@ class QuantizedSequenceCache final : public SequenceKvCache {
                           const at::Tensor& v);
   // Builds the subspace (if this sequence must) and quantizes the staged prompt (spec 3).
   void CompletePrompt();
-  void QuantizePrompt(int64_t layer);
+  // packed: the kernels already wrote the quantized part (QuantizeWithKernels).
+  void QuantizePrompt(int64_t layer, bool packed);
+  // Pool, layout and page tables of this sequence for the kernels.
+  DecodePlan BasePlan() const;
   at::Tensor Decode(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& v);
   std::vector<std::vector<at::Tensor>> Compensation(int64_t layer) const;
   void FlushKeys(int64_t layer);

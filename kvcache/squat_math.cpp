@@ -156,6 +156,37 @@ QuerySubspace SubspaceFromGram(const at::Tensor& gram, int64_t r, int64_t max_ra
   return subspace;
 }
 
+at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
+                               int64_t block_size) {
+  TORCH_CHECK(grams.dim() == 3 && grams.size(1) == grams.size(2), "Gram stack must be [H, d, d], got ",
+              grams.sizes());
+  TORCH_CHECK(std::isfinite(lambda) && lambda >= 0, "squat lambda must be finite and >= 0, got ", lambda);
+  const int64_t heads = grams.size(0), dim = grams.size(1);
+  TORCH_CHECK(block_size > 0 && dim % block_size == 0, "block size ", block_size, " must divide head_dim ", dim);
+  const int64_t rank = std::min({r, dim, max_rank});
+  at::Tensor sym = grams.to(at::kDouble);
+  TORCH_CHECK(at::isfinite(sym).all().item<bool>(), "Gram matrix has non-finite entries");
+  sym = (sym + sym.transpose(1, 2)) * 0.5;
+  auto [eigenvalues, eigenvectors] = at::linalg_eigh(sym);  // ascending
+  const at::Tensor sigma2 = eigenvalues.narrow(1, dim - rank, rank).clamp_min(0.0);
+  const at::Tensor basis = eigenvectors.narrow(2, dim - rank, rank);
+  // Sigma = P^-1 = I - V diag(lambda s2 / (1 + lambda s2)) V^T, then the Cholesky route.
+  const at::Tensor scaled = sigma2 * lambda;
+  at::Tensor projector = at::matmul(basis * (scaled / (scaled + 1.0)).unsqueeze(1), basis.transpose(1, 2));
+  projector = (projector + projector.transpose(1, 2)) * 0.5;
+  const at::Tensor sigma = at::eye(dim, sym.options()).unsqueeze(0) - projector;
+  const at::Tensor upper = at::linalg_cholesky(sigma).transpose(1, 2).contiguous();
+  std::vector<at::Tensor> blocks;
+  for (int64_t start = 0; start + block_size < dim; start += block_size) {
+    const int64_t rest = start + block_size;
+    const at::Tensor diagonal = upper.narrow(1, start, block_size).narrow(2, start, block_size);
+    const at::Tensor right = upper.narrow(1, start, block_size).narrow(2, rest, dim - rest);
+    blocks.push_back(at::linalg_solve_triangular(diagonal, right, /*upper=*/true).reshape({heads, -1}));
+  }
+  if (blocks.empty()) return at::empty({heads, 0}, sym.options());
+  return at::cat(blocks, 1);
+}
+
 at::Tensor SquatMetric(const QuerySubspace& subspace, double lambda, int64_t head_dim) {
   CheckSubspace(subspace, head_dim);
   const at::Tensor basis = subspace.basis.to(at::kDouble);

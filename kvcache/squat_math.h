@@ -32,6 +32,14 @@ std::vector<at::Tensor> CompensationMatrices(const QuerySubspace& subspace, doub
                                              int64_t head_dim, int64_t block_size,
                                              CompensationMethod method = CompensationMethod::kCholesky);
 
+// SubspaceFromGram + CompensationMatrices (Cholesky route) for a stack of heads at once, so
+// that a layer costs a handful of batched ops rather than a dozen per head (on CUDA: one
+// batched eigendecomposition instead of one per head). grams [H, d, d]; returns [H, F] float64,
+// each head's C_0, C_1, ... flattened in order (F = sum_i g (d - (i+1) g)). Equal to the
+// per-head functions up to round-off.
+at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
+                               int64_t block_size);
+
 // Metric P = I + lambda * basis diag(sigma2) basis^T (float64, [d, d]) for tests and diagnostics.
 at::Tensor SquatMetric(const QuerySubspace& subspace, double lambda, int64_t head_dim);
 

@@ -50,15 +50,11 @@ int64_t SquatSubspace::HeadOffset(int64_t layer, int64_t head) const {
 
 void SquatSubspace::Build(int64_t layer, const at::Tensor& gram, int64_t rows) {
   TORCH_CHECK(!ready_[layer], "SQuat state of layer ", layer, " is built twice");
-  for (int64_t h = 0; h < kv_heads_; ++h) {
-    const QuerySubspace subspace = SubspaceFromGram(gram[h], subspace_dim_, rows);
-    const std::vector<at::Tensor> blocks = CompensationMatrices(subspace, lambda_, head_dim_, block_size_);
-    int64_t offset = HeadOffset(layer, h);
-    for (const at::Tensor& c : blocks) {
-      floats_.Write(offset, c.to(at::kFloat));
-      offset += c.numel();
-    }
-  }
+  // Every head of the layer at once; heads are consecutive in the state layout.
+  const at::Tensor stacked = StackedCompensation(gram, subspace_dim_, rows, lambda_, block_size_);
+  TORCH_CHECK(stacked.size(0) == kv_heads_ && stacked.size(1) == floats_per_head_, "SQuat state: got ",
+              stacked.sizes(), " for ", kv_heads_, " heads of ", floats_per_head_, " floats");
+  if (floats_per_head_ > 0) floats_.Write(HeadOffset(layer, 0), stacked.to(at::kFloat));
   ready_[layer] = true;
 }
 

@@ -27,6 +27,8 @@ struct SquatSubspace {
   int64_t pages() const { return lease_.size(); }
   bool manager_shared() const { return manager_shared_; }
   const PagePool& pool() const { return lease_.pool(); }
+  // The pages holding C_i: float32, (layer, KV head)-major from float 0 of the first page.
+  const std::vector<int64_t>& page_ids() const { return lease_.pages(); }
 
   // OK when a sequence of `format` on a model of `shape` may quantize with this subspace.
   absl::Status CheckUsableFor(const KvModelShape& shape, const KvFormat& format) const;

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kvcache/batched_decode.h"
 #include "kvcache/kv_cache.h"
 #include "runtime/safetensors.h"
 
@@ -297,6 +298,20 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointRea
   return model;
 }
 
+int64_t LlamaModel::WorkspaceBytes(int64_t tokens, int64_t sequences) const {
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype_));
+  const int64_t hidden = config_.hidden_size, inter = config_.intermediate_size, d = config_.head_dim;
+  const int64_t qkv = (config_.num_attention_heads + 2 * config_.num_key_value_heads) * d;
+  // Alive at once in a layer, per row: residual stream and its norm, the qkv projection and its
+  // rotated q/k, the attention output and o_proj, gate/up and the SwiGLU product; RMSNorm's
+  // float32 copies; cos/sin of the row in float64.
+  const int64_t per_row = (6 * hidden + 2 * qkv + 4 * inter) * element + 2 * hidden * 4 + 4 * d * 8;
+  // Logits: the lm_head output, its float32 copy and the final norm, per sequence.
+  const int64_t logits = sequences * (config_.vocab_size * (element + 4) + hidden * 4);
+  // Half again for the caching allocator's rounding and fragmentation.
+  return (tokens * per_row + logits) * 3 / 2;
+}
+
 kv::KvModelShape LlamaModel::kv_shape() const {
   kv::KvModelShape shape;
   shape.num_layers = config_.num_hidden_layers;
@@ -375,6 +390,28 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<For
   at::Tensor cos = angles.cos().to(dtype_).unsqueeze(1);  // [N, 1, d]: broadcast over heads
   at::Tensor sin = angles.sin().to(dtype_).unsqueeze(1);
 
+  // On CUDA, single-token decode segments go through the fused kernels: one launch per layer
+  // for all of them (kvcache/batched_decode.h); the rest attend per segment.
+  std::vector<bool> batched(segments.size(), false);
+  std::unique_ptr<kv::DecodeBatch> decode;
+  if (device_.is_cuda() && batched_decode_) {
+    std::vector<kv::DecodeBatch::Entry> entries;
+    std::vector<size_t> entry_segment;
+    int64_t row = 0;
+    for (size_t s = 0; s < segments.size(); ++s) {
+      if (segments[s].num_tokens == 1) {
+        entries.push_back({segments[s].cache, row});
+        entry_segment.push_back(s);
+      }
+      row += segments[s].num_tokens;
+    }
+    std::vector<bool> accepted;
+    if (!entries.empty()) decode = kv::DecodeBatch::Create(entries, &accepted);
+    if (decode) {
+      for (size_t e = 0; e < entries.size(); ++e) batched[entry_segment[e]] = accepted[e];
+    }
+  }
+
   at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [N, hidden]
   for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
     const Layer& layer = layers_[i];
@@ -389,17 +426,35 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<For
     // The cache stores keys before or after RoPE depending on its format, so it gets both.
     at::Tensor q_rot = ApplyRope(q, cos, sin);
     at::Tensor k_rot = ApplyRope(k, cos, sin);
-    // Attention per segment, each over its own cache: [T, heads, d] rows -> [heads, T, d].
-    std::vector<at::Tensor> outputs;
-    outputs.reserve(segments.size());
-    int64_t offset = 0;
-    for (const ForwardSegment& segment : segments) {
-      auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
-      at::Tensor attn = segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v));  // [heads, T, d]
-      outputs.push_back(attn.transpose(0, 1).reshape({segment.num_tokens, heads * head_dim}));
-      offset += segment.num_tokens;
+    at::Tensor attn;
+    if (decode) {
+      // The batched rows are written in place; the other segments' outputs are copied in.
+      attn = at::empty({num_rows, heads, head_dim}, q_rot.options());
+      decode->Attend(i, q_rot, k, k_rot, v, attn);
+      int64_t offset = 0;
+      for (size_t s = 0; s < segments.size(); ++s) {
+        const ForwardSegment& segment = segments[s];
+        if (!batched[s]) {
+          auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
+          attn.narrow(0, offset, segment.num_tokens)
+              .copy_(segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v)).transpose(0, 1));
+        }
+        offset += segment.num_tokens;
+      }
+      attn = attn.view({num_rows, heads * head_dim});
+    } else {
+      // Attention per segment, each over its own cache: [T, heads, d] rows -> [heads, T, d].
+      std::vector<at::Tensor> outputs;
+      outputs.reserve(segments.size());
+      int64_t offset = 0;
+      for (const ForwardSegment& segment : segments) {
+        auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
+        at::Tensor out = segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v));  // [heads, T, d]
+        outputs.push_back(out.transpose(0, 1).reshape({segment.num_tokens, heads * head_dim}));
+        offset += segment.num_tokens;
+      }
+      attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
     }
-    at::Tensor attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
     x = x + at::linear(attn, layer.o_proj);
 
     h = RmsNorm(x, layer.post_attn_norm, eps);
@@ -408,6 +463,7 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<For
     x = x + at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter),
                        layer.down);
   }
+  if (decode) decode->Finish();
   for (const ForwardSegment& segment : segments) {
     segment.cache->Commit(segment.num_tokens, segment.prompt_complete);
   }

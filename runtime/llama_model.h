@@ -52,6 +52,10 @@ class LlamaModel {
   // of each segment's last row.
   at::Tensor ForwardBatch(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments);
 
+  // On CUDA, single-token decode segments go through the fused batched kernels
+  // (kvcache/batched_decode.h) unless this is turned off (tests and benchmarks compare both).
+  void set_batched_decode(bool enabled) { batched_decode_ = enabled; }
+
   // What the KV cache needs to know about this model (sizes, dtype, device, RoPE frequencies).
   kv::KvModelShape kv_shape() const;
 
@@ -59,6 +63,10 @@ class LlamaModel {
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
   int64_t weight_bytes() const { return weight_bytes_; }
+  // Estimated device bytes of the activations of one forward pass over `tokens` rows that
+  // produces `sequences` logit rows (ATen temporaries and float32 norms included, with margin
+  // for the caching allocator): the workspace set aside before the KV pool takes the rest.
+  int64_t WorkspaceBytes(int64_t tokens, int64_t sequences) const;
 
  private:
   struct Layer;
@@ -71,6 +79,7 @@ class LlamaModel {
   at::Device device_;
   at::ScalarType dtype_;
   int64_t weight_bytes_ = 0;
+  bool batched_decode_ = true;
   at::Tensor embed_tokens_;  // [vocab, hidden]
   std::vector<Layer> layers_;
   at::Tensor final_norm_;

@@ -801,6 +801,34 @@ TEST_F(KvPoolTest, CudaMatchesCpu) {
   }
 }
 
+// ---- the stacked (all heads of a layer at once) SQuat state math ----
+
+TEST_F(SeededTest, StackedCompensationEqualsPerHeadMath) {
+  SCOPED_TRACE(SeedNote());
+  const int64_t heads = 3, d = 32;
+  for (const auto& [rows, r, g, lambda] : std::vector<std::tuple<int64_t, int64_t, int64_t, double>>{
+           {40, 8, 16, 0.05}, {5, 8, 8, 0.5}, {100, 60, 16, 1e-3}, {64, 4, 16, 0.0}, {30, 4, 32, 0.1}}) {
+    // Query rows with a few dominant directions, as trained models have.
+    const at::Tensor mix = at::randn({heads, 6, d}, at::kDouble) * 3.0;
+    const at::Tensor queries = at::matmul(at::randn({heads, rows, 6}, at::kDouble), mix) +
+                               0.1 * at::randn({heads, rows, d}, at::kDouble);
+    const at::Tensor grams = at::matmul(queries.transpose(1, 2), queries);
+    const at::Tensor stacked = StackedCompensation(grams, r, rows, lambda, g);
+    for (int64_t h = 0; h < heads; ++h) {
+      const std::vector<at::Tensor> blocks = CompensationMatrices(SubspaceFromGram(grams[h], r, rows), lambda, d, g);
+      std::vector<at::Tensor> flat;
+      for (const at::Tensor& c : blocks) flat.push_back(c.reshape({-1}));
+      const at::Tensor expected = flat.empty() ? at::empty({0}, at::kDouble) : at::cat(flat);
+      ASSERT_EQ(stacked[h].numel(), expected.numel());
+      if (expected.numel() == 0) continue;  // g = d: one block, nothing to feed forward
+      const double scale = std::max(1.0, expected.abs().max().item<double>());
+      EXPECT_LT((stacked[h] - expected).abs().max().item<double>(), 1e-9 * scale)
+          << "rows " << rows << " r " << r << " g " << g << " lambda " << lambda << " head " << h;
+      if (lambda == 0) EXPECT_EQ(stacked[h].abs().max().item<double>(), 0.0);
+    }
+  }
+}
+
 // ---- T10: residual-window state machine ----
 
 class WindowStateTest : public SeededTest {};

@@ -1,0 +1,651 @@
+// CUDA kernels of the paged KV cache (see squat_kernels.h for the layout and the contracts).
+// Arithmetic that must reproduce the CPU quantizer (squat_math.cpp) uses explicitly rounded
+// intrinsics (__fmul_rn, __fadd_rn, ...) so that nvcc cannot contract it into FMAs.
+#include "kernels/squat_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace squat::kernels {
+namespace {
+
+constexpr int kThreads = 128;  // attention block
+constexpr int kTile = 32;      // tokens per attention tile (one warp lane per token)
+constexpr int kParts = kThreads / kTile;
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T x);
+template <>
+__device__ __forceinline__ float ToFloat<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float ToFloat<__half>(__half x) { return __half2float(x); }
+template <>
+__device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Element `channel` of (layer, part, head, slot) in a full-precision slot page.
+template <typename T>
+__device__ __forceinline__ T* SlotRow(const PoolLayout& L, int32_t page, int32_t layer, int part, int32_t head,
+                                      int32_t slot) {
+  const int64_t per_part = static_cast<int64_t>(L.kv_heads) * L.slots_per_page * L.head_dim;
+  const int64_t element = (2 * static_cast<int64_t>(layer) + part) * per_part +
+                          (static_cast<int64_t>(head) * L.slots_per_page + slot) * L.head_dim;
+  return reinterpret_cast<T*>(static_cast<char*>(L.pool) + static_cast<int64_t>(page) * L.page_bytes) + element;
+}
+
+// One layer's blocks in a quantized page.
+struct QuantPage {
+  uint32_t* key_words;
+  uint32_t* value_words;
+  __half* key_scale;
+  __half* key_min;
+  __half* value_scale;
+  __half* value_min;
+};
+
+__device__ __forceinline__ QuantPage QuantPageAt(const PoolLayout& L, int32_t page, int32_t layer) {
+  const int64_t h = L.kv_heads, d = L.head_dim, n = L.tokens_per_page;
+  const int64_t key_words = h * d * (n / (32 / L.k_bits));
+  const int64_t value_words = h * n * (d / (32 / L.v_bits));
+  const int64_t key_meta = h * d * (n / L.group_size);
+  const int64_t value_meta = h * n * (d / L.group_size);
+  const int64_t layer_bytes = (key_words + value_words) * 4 + (key_meta + value_meta) * 4;
+  char* base = static_cast<char*>(L.pool) + static_cast<int64_t>(page) * L.page_bytes + layer * layer_bytes;
+  QuantPage q;
+  q.key_words = reinterpret_cast<uint32_t*>(base);
+  q.value_words = q.key_words + key_words;
+  q.key_scale = reinterpret_cast<__half*>(q.value_words + value_words);
+  q.key_min = q.key_scale + key_meta;
+  q.value_scale = q.key_min + key_meta;
+  q.value_min = q.value_scale + value_meta;
+  return q;
+}
+
+// sin and cos of a float32 angle: Cody-Waite reduction to [-pi, pi] (two-part 2 pi), then the
+// hardware approximations (abs. error ~4e-7 there). The angle itself is the float32 product
+// position * inv_freq, as the model computes it.
+__device__ __forceinline__ void SinCos(float angle, float* s, float* c) {
+  const float turns = rintf(angle * 0.15915494309189535f);
+  float r = fmaf(-turns, 6.28318548202514648f, angle);  // float(2 pi) is 2 pi + 1.7484556e-7
+  r = fmaf(turns, 1.7484556e-7f, r);
+  __sincosf(r, s, c);
+}
+
+__device__ __forceinline__ float WarpMax(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float WarpSum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention: one block per (sequence, KV head); tiles of 32 tokens, online softmax.
+// Each tile first resolves its tokens' pages once (one lane per token); then full-precision
+// rows are read 16 bytes at a time, packed keys one word (fpi tokens of a channel) and packed
+// values one word (fpi channels of a token) per thread.
+
+// Byte offsets of one layer's blocks inside a quantized page, computed once per block.
+struct QuantOffsets {
+  int64_t layer_bytes, value_words, key_scale, key_min, value_scale, value_min;
+};
+
+__device__ __forceinline__ QuantOffsets QuantOffsetsOf(const PoolLayout& L) {
+  const int64_t h = L.kv_heads, d = L.head_dim, n = L.tokens_per_page;
+  const int64_t key_words = h * d * (n / (32 / L.k_bits));
+  const int64_t value_words = h * n * (d / (32 / L.v_bits));
+  const int64_t key_meta = h * d * (n / L.group_size);
+  const int64_t value_meta = h * n * (d / L.group_size);
+  QuantOffsets o;
+  o.layer_bytes = (key_words + value_words) * 4 + (key_meta + value_meta) * 4;
+  o.value_words = key_words * 4;
+  o.key_scale = (key_words + value_words) * 4;
+  o.key_min = o.key_scale + key_meta * 2;
+  o.value_scale = o.key_min + key_meta * 2;
+  o.value_min = o.value_scale + value_meta * 2;
+  return o;
+}
+
+// Head dim and bit widths are template parameters so that index arithmetic is by constants and
+// the unpacking loops unroll (the kernel is instruction-bound at 2 bits otherwise).
+template <typename T, int kD, int kKBits, int kVBits, bool kQuantized, bool kPreRope>
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) {
+  extern __shared__ float smem[];
+  __shared__ const char* key_src[kTile];    // full-precision row, or the quantized page's layer base
+  __shared__ const char* value_src[kTile];
+  __shared__ int32_t token_off[kTile];      // token's index inside its quantized page
+  const PoolLayout& L = a.layout;
+  const DecodeSequence S = a.sequences[blockIdx.x];
+  const int h = blockIdx.y, tid = threadIdx.x;
+  constexpr int D = kD, half_d = kD / 2;
+  constexpr int pitch = kD + 1;  // tile row pitch: conflict-free column reads
+  const int n_rep = L.q_heads / L.kv_heads;
+  float* q_s = smem;                          // [n_rep][D], pre-scaled by 1/sqrt(d)
+  float* acc = q_s + n_rep * D;               // [n_rep][D]
+  float* tile = acc + n_rep * D;              // [kTile][pitch]
+  float* scores = tile + kTile * pitch;       // [n_rep][kTile]
+  float* partial = scores + n_rep * kTile;    // [kParts][n_rep][kTile]
+  float* run_max = partial + kParts * n_rep * kTile;  // [n_rep]
+  float* run_sum = run_max + n_rep;           // [n_rep]
+  float* rescale = run_sum + n_rep;           // [n_rep]
+
+  const int32_t* pages = a.page_ids;
+  const int32_t N = S.tokens;
+  constexpr int fpi_k = 32 / kKBits, fpi_v = 32 / kVBits;
+  const int G = L.group_size;
+  const int32_t ring = L.residual_length + 1;
+  const int32_t spp = L.slots_per_page, tpp = L.tokens_per_page;
+  constexpr int kPerVec = 16 / sizeof(T);
+  constexpr int vecs = D / kPerVec;
+  const char* pool = static_cast<const char*>(L.pool);
+  QuantOffsets qo{};
+  if (kQuantized) qo = QuantOffsetsOf(L);
+  const int key_words_per_row = kQuantized ? tpp / fpi_k : 0, key_meta_per_row = kQuantized ? tpp / G : 0;
+  constexpr int value_words_per_row = D / fpi_v;
+  const int value_meta_per_row = D / G;
+
+  // Append the new token's key and value.
+  {
+    const T* k_src = static_cast<const T*>(a.k_new) + S.row * a.k_row_stride + static_cast<int64_t>(h) * D;
+    const T* v_src = static_cast<const T*>(a.v_new) + S.row * a.v_row_stride + static_cast<int64_t>(h) * D;
+    int32_t key_page, key_slot, value_page, value_slot;
+    if (kQuantized) {
+      key_page = pages[S.residual_pages + S.key_slot / spp];
+      key_slot = S.key_slot % spp;
+      const int32_t vs = (N - 1) % ring;
+      value_page = pages[S.residual_pages + vs / spp];
+      value_slot = vs % spp;
+    } else {
+      key_page = value_page = pages[S.data_pages + (N - 1) / spp];
+      key_slot = value_slot = (N - 1) % spp;
+    }
+    T* k_dst = SlotRow<T>(L, key_page, a.layer, 0, h, key_slot);
+    T* v_dst = SlotRow<T>(L, value_page, a.layer, 1, h, value_slot);
+    for (int c = tid; c < D; c += kThreads) {
+      k_dst[c] = k_src[c];
+      v_dst[c] = v_src[c];
+    }
+  }
+  const float scale = rsqrtf(static_cast<float>(D));
+  for (int e = tid; e < n_rep * D; e += kThreads) {
+    const int j = e / D, c = e % D;
+    const T* q = static_cast<const T*>(a.q) + S.row * a.q_row_stride + static_cast<int64_t>(h * n_rep + j) * D;
+    q_s[e] = ToFloat(q[c]) * scale;
+    acc[e] = 0.f;
+  }
+  for (int j = tid; j < n_rep; j += kThreads) {
+    run_max[j] = -INFINITY;
+    run_sum[j] = 0.f;
+  }
+  __syncthreads();  // also makes the appended token visible to the block
+
+  for (int32_t t0 = 0; t0 < N; t0 += kTile) {
+    const int count = min(kTile, N - t0);
+    // Quantized keys / values of the tile are its first qk / qv tokens (N_q and N_v are
+    // multiples of R and of fpi, tiles start at multiples of 32).
+    const int qk = kQuantized ? max(0, min(count, S.quantized_keys - t0)) : 0;
+    const int qv = kQuantized ? max(0, min(count, S.quantized_values - t0)) : 0;
+    if (tid < count) {
+      const int i = tid, n = t0 + i;
+      if (kQuantized) {
+        const char* quant_base = nullptr;
+        if (i < qk || i < qv) {
+          quant_base = pool + static_cast<int64_t>(pages[S.data_pages + n / tpp]) * L.page_bytes + a.layer * qo.layer_bytes;
+          token_off[i] = n % tpp;
+        }
+        if (i < qk) {
+          key_src[i] = quant_base;
+        } else {
+          const int32_t slot = n - S.quantized_keys;
+          key_src[i] = reinterpret_cast<const char*>(SlotRow<T>(L, pages[S.residual_pages + slot / spp], a.layer, 0, h, slot % spp));
+        }
+        if (i < qv) {
+          value_src[i] = quant_base;
+        } else {
+          const int32_t slot = n % ring;
+          value_src[i] = reinterpret_cast<const char*>(SlotRow<T>(L, pages[S.residual_pages + slot / spp], a.layer, 1, h, slot % spp));
+        }
+      } else {
+        const int32_t page = pages[S.data_pages + n / spp];
+        key_src[i] = reinterpret_cast<const char*>(SlotRow<T>(L, page, a.layer, 0, h, n % spp));
+        value_src[i] = reinterpret_cast<const char*>(SlotRow<T>(L, page, a.layer, 1, h, n % spp));
+      }
+    }
+    __syncthreads();
+    // ---- keys of the tile -> tile[i][c] (float, dequantized)
+    if (kQuantized && qk > 0) {
+      const int words = qk / fpi_k;  // per channel
+      for (int e = tid; e < D * words; e += kThreads) {
+        const int c = e % D, i0 = (e / D) * fpi_k;
+        const char* base = key_src[i0];
+        const int off = token_off[i0];
+        const int64_t row = static_cast<int64_t>(h) * D + c;
+        const uint32_t word = reinterpret_cast<const uint32_t*>(base)[row * key_words_per_row + off / fpi_k];
+        const int64_t meta = row * key_meta_per_row + off / G;
+        const float s = __half2float(reinterpret_cast<const __half*>(base + qo.key_scale)[meta]);
+        const float m = __half2float(reinterpret_cast<const __half*>(base + qo.key_min)[meta]);
+        constexpr uint32_t mask = (1u << kKBits) - 1u;
+#pragma unroll
+        for (int k = 0; k < fpi_k; ++k) {
+          tile[(i0 + k) * pitch + c] = fmaf(static_cast<float>((word >> (kKBits * k)) & mask), s, m);
+        }
+      }
+    }
+    for (int e = tid; e < (count - qk) * vecs; e += kThreads) {
+      const int i = qk + e / vecs;
+      const int vec = e % vecs;
+      const uint4 raw = reinterpret_cast<const uint4*>(key_src[i])[vec];
+      const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kPerVec; ++k) tile[i * pitch + vec * kPerVec + k] = ToFloat(x[k]);
+    }
+    __syncthreads();
+    if (kPreRope) {
+      for (int e = tid; e < count * half_d; e += kThreads) {
+        const int i = e / half_d, c = e % half_d;
+        float s, co;
+        SinCos(static_cast<float>(t0 + i) * a.inv_freq[c], &s, &co);
+        const float x1 = tile[i * pitch + c], x2 = tile[i * pitch + c + half_d];
+        tile[i * pitch + c] = x1 * co - x2 * s;
+        tile[i * pitch + c + half_d] = x2 * co + x1 * s;
+      }
+      __syncthreads();
+    }
+    // ---- scores: thread (part, i) sums a quarter of the channels of token i
+    {
+      const int i = tid % kTile, part = tid / kTile;
+      constexpr int chunk = D / kParts;
+      const int c0 = part * chunk;
+      for (int j = 0; j < n_rep; ++j) {
+        float sum = 0.f;
+        const float* q = q_s + j * D + c0;
+        const float* k = tile + i * pitch + c0;
+#pragma unroll
+        for (int c = 0; c < chunk; ++c) sum = fmaf(q[c], k[c], sum);
+        partial[(part * n_rep + j) * kTile + i] = sum;
+      }
+    }
+    __syncthreads();
+    // ---- online softmax, one warp per query head
+    {
+      const int warp = tid / 32, lane = tid % 32;
+      for (int j = warp; j < n_rep; j += kThreads / 32) {
+        float s = -INFINITY;
+        if (lane < count) {
+          s = 0.f;
+          for (int part = 0; part < kParts; ++part) s += partial[(part * n_rep + j) * kTile + lane];
+        }
+        const float old_max = run_max[j];
+        const float new_max = fmaxf(old_max, WarpMax(s));
+        const float p = lane < count ? __expf(s - new_max) : 0.f;
+        const float total = WarpSum(p);
+        scores[j * kTile + lane] = p;
+        if (lane == 0) {
+          const float alpha = old_max == -INFINITY ? 0.f : __expf(old_max - new_max);
+          run_sum[j] = run_sum[j] * alpha + total;
+          run_max[j] = new_max;
+          rescale[j] = alpha;
+        }
+      }
+    }
+    // ---- values of the tile -> tile[i][c] (the keys are no longer needed)
+    if (kQuantized && qv > 0) {
+      // Lanes walk tokens (conflict-free smem stores); the tile's words are reused from L1.
+      for (int e = tid; e < kTile * value_words_per_row; e += kThreads) {
+        const int i = e % kTile, w = e / kTile;
+        if (i >= qv) continue;
+        const char* base = value_src[i];
+        const int64_t row = static_cast<int64_t>(h) * tpp + token_off[i];
+        const uint32_t word = reinterpret_cast<const uint32_t*>(base + qo.value_words)[row * value_words_per_row + w];
+        const int c0 = w * fpi_v;
+        const int64_t meta = row * value_meta_per_row + c0 / G;
+        const float s = __half2float(reinterpret_cast<const __half*>(base + qo.value_scale)[meta]);
+        const float m = __half2float(reinterpret_cast<const __half*>(base + qo.value_min)[meta]);
+        constexpr uint32_t mask = (1u << kVBits) - 1u;
+#pragma unroll
+        for (int k = 0; k < fpi_v; ++k) {
+          tile[i * pitch + c0 + k] = fmaf(static_cast<float>((word >> (kVBits * k)) & mask), s, m);
+        }
+      }
+    }
+    for (int e = tid; e < (count - qv) * vecs; e += kThreads) {
+      const int i = qv + e / vecs;
+      const int vec = e % vecs;
+      const uint4 raw = reinterpret_cast<const uint4*>(value_src[i])[vec];
+      const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int k = 0; k < kPerVec; ++k) tile[i * pitch + vec * kPerVec + k] = ToFloat(x[k]);
+    }
+    __syncthreads();
+    for (int e = tid; e < n_rep * D; e += kThreads) {
+      const int j = e / D, c = e % D;
+      float sum = acc[e] * rescale[j];
+      const float* p = scores + j * kTile;
+      for (int i = 0; i < count; ++i) sum = fmaf(p[i], tile[i * pitch + c], sum);
+      acc[e] = sum;
+    }
+    __syncthreads();
+  }
+  for (int e = tid; e < n_rep * D; e += kThreads) {
+    const int j = e / D, c = e % D;
+    T* out = static_cast<T*>(a.out) + S.row * a.out_row_stride + static_cast<int64_t>(h * n_rep + j) * D;
+    out[c] = FromFloat<T>(acc[e] / run_sum[j]);
+  }
+}
+
+size_t AttentionSmemBytes(const PoolLayout& L) {
+  const int n_rep = L.q_heads / L.kv_heads, D = L.head_dim;
+  const size_t floats = 2 * n_rep * D + kTile * (D + 1) + n_rep * kTile + kParts * n_rep * kTile + 3 * n_rep;
+  return floats * sizeof(float);
+}
+
+template <typename Kernel>
+cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+template <typename T, int kD, int kKBits, int kVBits, bool kQuantized, bool kPreRope>
+cudaError_t LaunchAttention(const DecodeArgs& a, cudaStream_t stream) {
+  const size_t smem = AttentionSmemBytes(a.layout);
+  auto kernel = DecodeAttentionKernel<T, kD, kKBits, kVBits, kQuantized, kPreRope>;
+  if (cudaError_t e = AllowSmem(kernel, smem); e != cudaSuccess) return e;
+  kernel<<<dim3(a.num_sequences, a.layout.kv_heads), kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int kD, int kKBits, int kVBits>
+cudaError_t ByRope(const DecodeArgs& a, cudaStream_t stream) {
+  return a.pre_rope ? LaunchAttention<T, kD, kKBits, kVBits, true, true>(a, stream)
+                    : LaunchAttention<T, kD, kKBits, kVBits, true, false>(a, stream);
+}
+
+template <typename T, int kD>
+cudaError_t ByBits(const DecodeArgs& a, cudaStream_t stream) {
+  if (!a.quantized) return LaunchAttention<T, kD, 2, 2, false, false>(a, stream);
+  const int k = a.layout.k_bits, v = a.layout.v_bits;
+  if (k == 2 && v == 2) return ByRope<T, kD, 2, 2>(a, stream);
+  if (k == 2 && v == 4) return ByRope<T, kD, 2, 4>(a, stream);
+  if (k == 4 && v == 2) return ByRope<T, kD, 4, 2>(a, stream);
+  return ByRope<T, kD, 4, 4>(a, stream);
+}
+
+template <typename T>
+cudaError_t DispatchAttention(const DecodeArgs& a, cudaStream_t stream) {
+  switch (a.layout.head_dim) {
+    case 64: return ByBits<T, 64>(a, stream);
+    case 128: return ByBits<T, 128>(a, stream);
+    case 256: return ByBits<T, 256>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key groups: one block per (job, KV head), one thread per channel.
+
+template <typename T>
+__global__ void KeyGroupKernel(PoolLayout L, const KeyGroupJob* jobs, const int32_t* page_ids, int block_size) {
+  extern __shared__ float smem[];
+  const KeyGroupJob job = jobs[blockIdx.x];
+  const int h = blockIdx.y, c = threadIdx.x, D = L.head_dim, G = L.group_size, g = block_size;
+  float* x = smem;                 // [G][D] compensated targets
+  float* error = x + G * D;        // [G][g] error of the block just quantized
+  float* comp = error + G * g;     // [g][D - g] C_i of the current block
+  uint8_t* codes = reinterpret_cast<uint8_t*>(comp + g * (D - g));  // [G][D]
+  const int spp = L.slots_per_page, tpp = L.tokens_per_page;
+  const float max_code = static_cast<float>((1 << L.k_bits) - 1);
+
+  for (int t = 0; t < G; ++t) {
+    const int slot = job.src_first_slot + t;
+    x[t * D + c] = ToFloat(SlotRow<T>(L, page_ids[job.src_pages + slot / spp], job.layer, 0, h, slot % spp)[c]);
+  }
+  const QuantPage dst = QuantPageAt(L, page_ids[job.dst_pages + job.dst_first_token / tpp], job.layer);
+  const int off = job.dst_first_token % tpp;
+  const int64_t row = static_cast<int64_t>(h) * D + c;
+
+  // This head's C_i start in the state pages.
+  const int64_t floats_per_page = L.page_bytes / 4;
+  int64_t floats_per_head = 0;
+  for (int done = g; done < D; done += g) floats_per_head += static_cast<int64_t>(g) * (D - done);
+  int64_t comp_offset = (static_cast<int64_t>(job.layer) * L.kv_heads + h) * floats_per_head;
+
+  const int blocks = D / g;
+  for (int b = 0; b < blocks; ++b) {
+    const int start = b * g, rest = start + g;
+    if (c >= start && c < rest) {
+      float lo = x[c], hi = x[c];
+      for (int t = 1; t < G; ++t) {
+        lo = fminf(lo, x[t * D + c]);
+        hi = fmaxf(hi, x[t * D + c]);
+      }
+      const __half scale_h = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), max_code));
+      const __half min_h = __float2half_rn(lo);
+      const float s = __half2float(scale_h), m = __half2float(min_h);
+      for (int t = 0; t < G; ++t) {
+        const float v = x[t * D + c];
+        float code = 0.f;
+        if (s != 0.f) code = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(v, m), s)), 0.f), max_code);
+        codes[t * D + c] = static_cast<uint8_t>(code);
+        error[t * g + (c - start)] = __fsub_rn(__fadd_rn(__fmul_rn(code, s), m), v);
+      }
+      const int64_t meta = row * (tpp / G) + off / G;
+      dst.key_scale[meta] = scale_h;
+      dst.key_min[meta] = min_h;
+    }
+    const bool compensate = job.state_pages >= 0 && b + 1 < blocks;
+    const int cols = D - rest;
+    if (compensate) {
+      for (int e = c; e < g * cols; e += blockDim.x) {
+        const int64_t f = comp_offset + e;
+        const float* page = reinterpret_cast<const float*>(static_cast<const char*>(L.pool) +
+                                                           static_cast<int64_t>(page_ids[job.state_pages + f / floats_per_page]) * L.page_bytes);
+        comp[e] = page[f % floats_per_page];
+      }
+    }
+    __syncthreads();
+    if (compensate && c >= rest) {
+      const int col = c - rest;
+      for (int t = 0; t < G; ++t) {
+        float sum = 0.f;
+        for (int j = 0; j < g; ++j) sum = fmaf(error[t * g + j], comp[j * cols + col], sum);
+        x[t * D + c] = __fadd_rn(x[t * D + c], sum);
+      }
+    }
+    comp_offset += static_cast<int64_t>(g) * cols;
+    __syncthreads();
+  }
+  const int fpi = 32 / L.k_bits;
+  for (int w = 0; w < G / fpi; ++w) {
+    uint32_t word = 0;
+    for (int k = 0; k < fpi; ++k) word |= static_cast<uint32_t>(codes[(w * fpi + k) * D + c]) << (L.k_bits * k);
+    dst.key_words[row * (tpp / fpi) + off / fpi + w] = word;
+  }
+}
+
+size_t KeyGroupSmemBytes(const PoolLayout& L, int g) {
+  const int G = L.group_size, D = L.head_dim;
+  return (static_cast<size_t>(G) * D + G * g + g * (D - g)) * sizeof(float) + static_cast<size_t>(G) * D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value tokens: one block per (job, KV head), one thread per channel.
+
+template <typename T>
+__global__ void ValueTokenKernel(PoolLayout L, const ValueTokenJob* jobs, const int32_t* page_ids) {
+  extern __shared__ float smem[];
+  const ValueTokenJob job = jobs[blockIdx.x];
+  const int h = blockIdx.y, c = threadIdx.x, D = L.head_dim, G = L.group_size;
+  float* x = smem;              // [D]
+  float* scale = x + D;         // [D / G]
+  float* minimum = scale + D / G;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(minimum + D / G);  // [D]
+  const int spp = L.slots_per_page, tpp = L.tokens_per_page;
+  const float max_code = static_cast<float>((1 << L.v_bits) - 1);
+
+  x[c] = ToFloat(SlotRow<T>(L, page_ids[job.src_pages + job.src_slot / spp], job.layer, 1, h, job.src_slot % spp)[c]);
+  __syncthreads();
+  const QuantPage dst = QuantPageAt(L, page_ids[job.dst_pages + job.dst_token / tpp], job.layer);
+  const int64_t row = static_cast<int64_t>(h) * tpp + job.dst_token % tpp;
+  if (c % G == 0) {
+    float lo = x[c], hi = x[c];
+    for (int k = 1; k < G; ++k) {
+      lo = fminf(lo, x[c + k]);
+      hi = fmaxf(hi, x[c + k]);
+    }
+    const __half scale_h = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), max_code));
+    const __half min_h = __float2half_rn(lo);
+    scale[c / G] = __half2float(scale_h);
+    minimum[c / G] = __half2float(min_h);
+    dst.value_scale[row * (D / G) + c / G] = scale_h;
+    dst.value_min[row * (D / G) + c / G] = min_h;
+  }
+  __syncthreads();
+  const float s = scale[c / G], m = minimum[c / G];
+  float code = 0.f;
+  if (s != 0.f) code = fminf(fmaxf(rintf(__fdiv_rn(__fsub_rn(x[c], m), s)), 0.f), max_code);
+  codes[c] = static_cast<uint8_t>(code);
+  __syncthreads();
+  const int fpi = 32 / L.v_bits;
+  if (c % fpi == 0) {
+    uint32_t word = 0;
+    for (int k = 0; k < fpi; ++k) word |= static_cast<uint32_t>(codes[c + k]) << (L.v_bits * k);
+    dst.value_words[row * (D / fpi) + c / fpi] = word;
+  }
+}
+
+template <template <typename> class Launcher, typename... Args>
+cudaError_t ByDType(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kFloat32: return Launcher<float>::Run(args...);
+    case DType::kFloat16: return Launcher<__half>::Run(args...);
+    case DType::kBFloat16: return Launcher<__nv_bfloat16>::Run(args...);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+struct AttentionLauncher {
+  static cudaError_t Run(const DecodeArgs& a, cudaStream_t s) { return DispatchAttention<T>(a, s); }
+};
+template <typename T>
+struct KeyGroupLauncher {
+  static cudaError_t Run(const PoolLayout& L, const KeyGroupJob* jobs, int32_t n, const int32_t* ids, int g,
+                         cudaStream_t s) {
+    const size_t smem = KeyGroupSmemBytes(L, g);
+    if (cudaError_t e = AllowSmem(KeyGroupKernel<T>, smem); e != cudaSuccess) return e;
+    KeyGroupKernel<T><<<dim3(n, L.kv_heads), L.head_dim, smem, s>>>(L, jobs, ids, g);
+    return cudaGetLastError();
+  }
+};
+template <typename T>
+struct ValueTokenLauncher {
+  static cudaError_t Run(const PoolLayout& L, const ValueTokenJob* jobs, int32_t n, const int32_t* ids,
+                         cudaStream_t s) {
+    const size_t smem = (L.head_dim + 2 * (L.head_dim / L.group_size)) * sizeof(float) + L.head_dim;
+    ValueTokenKernel<T><<<dim3(n, L.kv_heads), L.head_dim, smem, s>>>(L, jobs, ids);
+    return cudaGetLastError();
+  }
+};
+
+bool ValidLayout(const PoolLayout& L, bool quantized) {
+  if (L.pool == nullptr || L.page_bytes <= 0 || L.kv_heads <= 0 || L.q_heads % L.kv_heads != 0 ||
+      (L.head_dim != 64 && L.head_dim != 128 && L.head_dim != 256) || L.slots_per_page <= 0 ||
+      L.page_bytes % 16 != 0 || reinterpret_cast<uintptr_t>(L.pool) % 16 != 0) {
+    return false;
+  }
+  if (!quantized) return true;
+  const bool bits_ok = (L.k_bits == 2 || L.k_bits == 4) && (L.v_bits == 2 || L.v_bits == 4);
+  return bits_ok && L.group_size > 0 && L.head_dim % L.group_size == 0 && L.tokens_per_page > 0 &&
+         L.tokens_per_page % L.group_size == 0 && L.group_size % (32 / L.k_bits) == 0 &&
+         L.head_dim % (32 / L.v_bits) == 0 && L.residual_length > 0;
+}
+
+}  // namespace
+
+bool LayoutSupported(const PoolLayout& layout, bool quantized) { return ValidLayout(layout, quantized); }
+
+int PagedDecodeAttention(const DecodeArgs& args, void* stream) {
+  if (args.num_sequences == 0) return cudaSuccess;
+  if (!ValidLayout(args.layout, args.quantized) || (args.pre_rope && args.inv_freq == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  return ByDType<AttentionLauncher>(args.layout.dtype, args, static_cast<cudaStream_t>(stream));
+}
+
+int QuantizeKeyGroups(const PoolLayout& layout, const KeyGroupJob* jobs, int32_t num_jobs, const int32_t* page_ids,
+                      int32_t block_size, void* stream) {
+  if (num_jobs == 0) return cudaSuccess;
+  if (!ValidLayout(layout, true) || block_size <= 0 || layout.head_dim % block_size != 0) return cudaErrorInvalidValue;
+  return ByDType<KeyGroupLauncher>(layout.dtype, layout, jobs, num_jobs, page_ids, block_size,
+                                   static_cast<cudaStream_t>(stream));
+}
+
+int QuantizeValueTokens(const PoolLayout& layout, const ValueTokenJob* jobs, int32_t num_jobs, const int32_t* page_ids,
+                        void* stream) {
+  if (num_jobs == 0) return cudaSuccess;
+  if (!ValidLayout(layout, true)) return cudaErrorInvalidValue;
+  return ByDType<ValueTokenLauncher>(layout.dtype, layout, jobs, num_jobs, page_ids, static_cast<cudaStream_t>(stream));
+}
+
+const char* ErrorString(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }
+
+int DeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return count;
+}
+
+int MemoryInfo(int device, size_t* free_bytes, size_t* total_bytes) {
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return e;
+  return cudaMemGetInfo(free_bytes, total_bytes);
+}
+
+void* AllocPinned(size_t bytes) {
+  void* ptr = nullptr;
+  return cudaHostAlloc(&ptr, bytes, cudaHostAllocDefault) == cudaSuccess ? ptr : nullptr;
+}
+void FreePinned(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);
+}
+void* AllocDevice(size_t bytes) {
+  void* ptr = nullptr;
+  return cudaMalloc(&ptr, bytes) == cudaSuccess ? ptr : nullptr;
+}
+void FreeDevice(void* ptr) {
+  if (ptr) cudaFree(ptr);
+}
+int CopyToDevice(void* dst, const void* src, size_t bytes, void* stream) {
+  return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream));
+}
+int CopyToHost(void* dst, const void* src, size_t bytes, void* stream) {
+  return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream));
+}
+int StreamSynchronize(void* stream) { return cudaStreamSynchronize(static_cast<cudaStream_t>(stream)); }
+void* EventCreate() {
+  cudaEvent_t event = nullptr;
+  return cudaEventCreateWithFlags(&event, cudaEventDisableTiming) == cudaSuccess ? event : nullptr;
+}
+void EventDestroy(void* event) {
+  if (event) cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+int EventRecord(void* event, void* stream) {
+  return cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream));
+}
+int EventSynchronize(void* event) { return cudaEventSynchronize(static_cast<cudaEvent_t>(event)); }
+
+}  // namespace squat::kernels
