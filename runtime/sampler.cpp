@@ -280,4 +280,17 @@ SampledToken Sampler::Sample(float* logits, int32_t vocab_size) {
   return result;
 }
 
+bool Sampler::IsPlainGreedy() const {
+  return params_.temperature < kGreedyTemperature && params_.repetition_penalty == 1.0f &&
+         params_.presence_penalty == 0.0f && params_.frequency_penalty == 0.0f &&
+         params_.logprobs <= 0;
+}
+
+SampledToken Sampler::AcceptArgmax(int32_t token_id) {
+  SampledToken result;
+  result.token_id = token_id;
+  ++output_counts_[token_id];
+  return result;
+}
+
 }  // namespace squat

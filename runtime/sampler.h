@@ -47,6 +47,11 @@ class Sampler {
 
   // logits: vocab_size floats (modified in place by penalties / scaling).
   SampledToken Sample(float* logits, int32_t vocab_size);
+  // True when Sample would be a plain argmax of the raw logits (greedy, no penalties, no
+  // logprob wanted): the engine then takes the argmax on the device and calls AcceptArgmax.
+  bool IsPlainGreedy() const;
+  // Records a token chosen outside Sample (the device argmax of IsPlainGreedy sequences).
+  SampledToken AcceptArgmax(int32_t token_id);
   // Record a generated token (called by Sample itself; exposed for tests).
   const std::unordered_map<int32_t, int32_t>& output_counts() const { return output_counts_; }
 

@@ -617,5 +617,39 @@ TEST(SamplingParamsValidation, RejectsEachBadFieldByName) {
   }
 }
 
+// The engine takes the device argmax for plain-greedy sequences: that must be exactly what
+// Sample would pick, and every other setting must keep sampling on the host.
+TEST(SamplerFastPath, PlainGreedyArgmaxEqualsSample) {
+  std::mt19937 rng(std::random_device{}());
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> logits(1000 + rng() % 2000);
+    for (float& l : logits) l = normal(rng);
+    int32_t best = 0;
+    for (int32_t i = 1; i < static_cast<int32_t>(logits.size()); ++i) {
+      if (logits[i] > logits[best]) best = i;
+    }
+    Sampler sampler(greedy, {}, rng());
+    ASSERT_TRUE(sampler.IsPlainGreedy());
+    EXPECT_EQ(sampler.Sample(logits.data(), static_cast<int32_t>(logits.size())).token_id, best);
+    EXPECT_EQ(sampler.AcceptArgmax(best).token_id, best);
+    EXPECT_EQ(sampler.output_counts().at(best), 2);
+  }
+  const std::vector<std::function<void(SamplingParams&)>> not_plain = {
+      [](SamplingParams& p) { p.temperature = 0.7f; },
+      [](SamplingParams& p) { p.repetition_penalty = 1.1f; },
+      [](SamplingParams& p) { p.presence_penalty = 0.5f; },
+      [](SamplingParams& p) { p.frequency_penalty = 0.5f; },
+      [](SamplingParams& p) { p.logprobs = 1; },
+  };
+  for (const auto& spoil : not_plain) {
+    SamplingParams params = greedy;
+    spoil(params);
+    EXPECT_FALSE(Sampler(params, {}, 1).IsPlainGreedy());
+  }
+}
+
 }  // namespace
 }  // namespace squat
