@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace squat::kernels {
@@ -92,7 +93,10 @@ __device__ __forceinline__ float WarpSum(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode attention: one block per (sequence, KV head); tiles of 32 tokens, online softmax.
+// Decode attention: one block per (sequence, KV head, split); tiles of 32 tokens, online
+// softmax. Without split-KV the block covers all N tokens and writes the output; with it, the
+// block covers one chunk of split_tokens and writes its partial (max, sum, output) for
+// SplitReduceKernel.
 // Each tile first resolves its tokens' pages once (one lane per token); then full-precision
 // rows are read 16 bytes at a time, packed keys one word (fpi tokens of a channel) and packed
 // values one word (fpi channels of a token) per thread.
@@ -128,7 +132,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   __shared__ int32_t token_off[kTile];      // token's index inside its quantized page
   const PoolLayout& L = a.layout;
   const DecodeSequence S = a.sequences[blockIdx.x];
-  const int h = blockIdx.y, tid = threadIdx.x;
+  const int h = blockIdx.y, tid = threadIdx.x, split = blockIdx.z;
+  const bool split_kv = a.num_splits > 1;
+  const int32_t N = S.tokens;
+  const int32_t t_begin = split_kv ? split * a.split_tokens : 0;
+  const int32_t t_end = split_kv ? min(N, t_begin + a.split_tokens) : N;
+  if (t_begin >= t_end) return;  // a chunk past this sequence's end (whole block, before any barrier)
   constexpr int D = kD, half_d = kD / 2;
   constexpr int pitch = kD + 1;  // tile row pitch: conflict-free column reads
   const int n_rep = L.q_heads / L.kv_heads;
@@ -142,7 +151,6 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   float* rescale = run_sum + n_rep;           // [n_rep]
 
   const int32_t* pages = a.page_ids;
-  const int32_t N = S.tokens;
   constexpr int fpi_k = 32 / kKBits, fpi_v = 32 / kVBits;
   const int G = L.group_size;
   const int32_t ring = L.residual_length + 1;
@@ -156,8 +164,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   constexpr int value_words_per_row = D / fpi_v;
   const int value_meta_per_row = D / G;
 
-  // Append the new token's key and value.
-  {
+  // Append the new token's key and value: the block whose chunk holds token N - 1 (the only
+  // one that reads it; no other token shares its slots).
+  if (N - 1 >= t_begin && N - 1 < t_end) {
     const T* k_src = static_cast<const T*>(a.k_new) + S.row * a.k_row_stride + static_cast<int64_t>(h) * D;
     const T* v_src = static_cast<const T*>(a.v_new) + S.row * a.v_row_stride + static_cast<int64_t>(h) * D;
     int32_t key_page, key_slot, value_page, value_slot;
@@ -191,8 +200,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   }
   __syncthreads();  // also makes the appended token visible to the block
 
-  for (int32_t t0 = 0; t0 < N; t0 += kTile) {
-    const int count = min(kTile, N - t0);
+  for (int32_t t0 = t_begin; t0 < t_end; t0 += kTile) {
+    const int count = min(kTile, t_end - t0);
     // Quantized keys / values of the tile are its first qk / qv tokens (N_q and N_v are
     // multiples of R and of fpi, tiles start at multiples of 32).
     const int qk = kQuantized ? max(0, min(count, S.quantized_keys - t0)) : 0;
@@ -338,10 +347,50 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
     }
     __syncthreads();
   }
+  if (!split_kv) {
+    for (int e = tid; e < n_rep * D; e += kThreads) {
+      const int j = e / D, c = e % D;
+      T* out = static_cast<T*>(a.out) + S.row * a.out_row_stride + static_cast<int64_t>(h * n_rep + j) * D;
+      out[c] = FromFloat<T>(acc[e] / run_sum[j]);
+    }
+    return;
+  }
+  // Partial of (sequence, query head, split) at index (b * H_q + head) * num_splits + split.
+  const int64_t partials = static_cast<int64_t>(a.num_sequences) * L.q_heads * a.num_splits;
+  float* ws_max = a.workspace;
+  float* ws_sum = ws_max + partials;
+  float* ws_acc = ws_sum + partials;
   for (int e = tid; e < n_rep * D; e += kThreads) {
     const int j = e / D, c = e % D;
-    T* out = static_cast<T*>(a.out) + S.row * a.out_row_stride + static_cast<int64_t>(h * n_rep + j) * D;
-    out[c] = FromFloat<T>(acc[e] / run_sum[j]);
+    const int64_t idx = (static_cast<int64_t>(blockIdx.x) * L.q_heads + h * n_rep + j) * a.num_splits + split;
+    ws_acc[idx * D + c] = acc[e];
+    if (c == 0) {
+      ws_max[idx] = run_max[j];
+      ws_sum[idx] = run_sum[j];
+    }
+  }
+}
+
+// Combines the split partials of one (sequence, query head): one thread per channel.
+template <typename T>
+__global__ void SplitReduceKernel(DecodeArgs a) {
+  const DecodeSequence S = a.sequences[blockIdx.x];
+  const int head = blockIdx.y, D = a.layout.head_dim;
+  const int64_t partials = static_cast<int64_t>(a.num_sequences) * a.layout.q_heads * a.num_splits;
+  const float* ws_max = a.workspace;
+  const float* ws_sum = ws_max + partials;
+  const float* ws_acc = ws_sum + partials;
+  const int used = min(a.num_splits, (S.tokens + a.split_tokens - 1) / a.split_tokens);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * a.layout.q_heads + head) * a.num_splits;
+  float m = -INFINITY;
+  for (int s = 0; s < used; ++s) m = fmaxf(m, ws_max[first + s]);
+  float total = 0.f;
+  for (int s = 0; s < used; ++s) total += expf(ws_max[first + s] - m) * ws_sum[first + s];
+  T* out = static_cast<T*>(a.out) + S.row * a.out_row_stride + static_cast<int64_t>(head) * D;
+  for (int c = threadIdx.x; c < D; c += blockDim.x) {
+    float sum = 0.f;
+    for (int s = 0; s < used; ++s) sum = fmaf(expf(ws_max[first + s] - m), ws_acc[(first + s) * D + c], sum);
+    out[c] = FromFloat<T>(sum / total);
   }
 }
 
@@ -362,7 +411,11 @@ cudaError_t LaunchAttention(const DecodeArgs& a, cudaStream_t stream) {
   const size_t smem = AttentionSmemBytes(a.layout);
   auto kernel = DecodeAttentionKernel<T, kD, kKBits, kVBits, kQuantized, kPreRope>;
   if (cudaError_t e = AllowSmem(kernel, smem); e != cudaSuccess) return e;
-  kernel<<<dim3(a.num_sequences, a.layout.kv_heads), kThreads, smem, stream>>>(a);
+  const int splits = a.num_splits > 1 ? a.num_splits : 1;
+  kernel<<<dim3(a.num_sequences, a.layout.kv_heads, splits), kThreads, smem, stream>>>(a);
+  if (splits == 1) return cudaGetLastError();
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  SplitReduceKernel<T><<<dim3(a.num_sequences, a.layout.q_heads), a.layout.head_dim, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -581,6 +634,10 @@ int PagedDecodeAttention(const DecodeArgs& args, void* stream) {
   if (!ValidLayout(args.layout, args.quantized) || (args.pre_rope && args.inv_freq == nullptr)) {
     return cudaErrorInvalidValue;
   }
+  if (args.num_splits > 1 &&
+      (args.workspace == nullptr || args.split_tokens <= 0 || args.split_tokens % kTile != 0 || args.num_splits > 65535)) {
+    return cudaErrorInvalidValue;
+  }
   return ByDType<AttentionLauncher>(args.layout.dtype, args, static_cast<cudaStream_t>(stream));
 }
 
@@ -597,6 +654,38 @@ int QuantizeValueTokens(const PoolLayout& layout, const ValueTokenJob* jobs, int
   if (num_jobs == 0) return cudaSuccess;
   if (!ValidLayout(layout, true)) return cudaErrorInvalidValue;
   return ByDType<ValueTokenLauncher>(layout.dtype, layout, jobs, num_jobs, page_ids, static_cast<cudaStream_t>(stream));
+}
+
+DecodeSplit ChooseDecodeSplit(int32_t num_sequences, int32_t kv_heads, int32_t max_tokens) {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return count;
+  }();
+  constexpr int32_t kMinSplitTokens = 256;  // shorter chunks cost more in partials than they gain
+  DecodeSplit split;
+  const int64_t blocks = static_cast<int64_t>(num_sequences) * kv_heads;
+  // About four resident blocks per SM hide the page reads' latency.
+  const int64_t target = 4LL * sms;
+  if (sms <= 0 || blocks <= 0 || blocks >= target || max_tokens <= kMinSplitTokens) return split;
+  int64_t splits = (target + blocks - 1) / blocks;
+  splits = std::min<int64_t>(splits, (max_tokens + kMinSplitTokens - 1) / kMinSplitTokens);
+  if (splits <= 1) return split;
+  int32_t chunk = static_cast<int32_t>((max_tokens + splits - 1) / splits);
+  chunk = (chunk + kTile - 1) / kTile * kTile;
+  const int32_t count = (max_tokens + chunk - 1) / chunk;
+  if (count <= 1) return split;
+  split.num_splits = count;
+  split.split_tokens = chunk;
+  return split;
+}
+
+int64_t DecodeWorkspaceFloats(int32_t num_sequences, int32_t q_heads, int32_t head_dim, int32_t num_splits) {
+  return static_cast<int64_t>(num_sequences) * q_heads * num_splits * (head_dim + 2);
 }
 
 const char* ErrorString(int error) { return cudaGetErrorString(static_cast<cudaError_t>(error)); }

@@ -59,7 +59,25 @@ struct DecodeArgs {
   const float* inv_freq = nullptr;  // device [d / 2] (pre_rope)
   void* out = nullptr;              // [rows, H_q, d]
   int64_t out_row_stride = 0;
+  // Split-KV (flash-decoding): with num_splits > 1, the tokens of each (sequence, KV head) are
+  // cut into chunks of split_tokens (a multiple of 32; num_splits * split_tokens must cover
+  // every sequence's N) attended by separate blocks, which write partial (max, sum, output)
+  // into `workspace` (DecodeWorkspaceFloats floats, device); a second launch combines them.
+  int32_t num_splits = 1;
+  int32_t split_tokens = 0;
+  float* workspace = nullptr;
 };
+
+// Splits for a launch of `num_sequences` whose longest has `max_tokens` tokens: enough blocks
+// to fill the device's SMs, chunks of at least 256 tokens (num_splits 1 when the grid is
+// already full or the contexts are short).
+struct DecodeSplit {
+  int32_t num_splits = 1;
+  int32_t split_tokens = 0;
+};
+DecodeSplit ChooseDecodeSplit(int32_t num_sequences, int32_t kv_heads, int32_t max_tokens);
+// Floats of the split-KV workspace for these sizes.
+int64_t DecodeWorkspaceFloats(int32_t num_sequences, int32_t q_heads, int32_t head_dim, int32_t num_splits);
 
 // Whether the kernels handle this layout (head_dim a multiple of 8 up to 1024, 16-byte aligned
 // pages; for quantized formats bits 2 or 4, G dividing d and the page's tokens, ...).

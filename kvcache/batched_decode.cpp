@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -101,11 +102,27 @@ void AddKeyJobs(const DecodePlan& p, int32_t layer, int32_t src_pages, int64_t s
   }
 }
 
+// Split-KV partials: one float32 buffer per thread (the engine thread owns its device) and
+// device, grown geometrically when a step needs more, so that steps allocate nothing. A step
+// keeps its own reference, so growing never frees a buffer a queued kernel still uses (and the
+// caching allocator orders the reuse on the stream).
+at::Tensor SplitWorkspace(at::Device device, int64_t floats) {
+  thread_local std::map<int, at::Tensor> buffers;
+  at::Tensor& buffer = buffers[device.index()];
+  if (!buffer.defined() || buffer.numel() < floats) {
+    const int64_t grown = buffer.defined() ? std::max(floats, 2 * buffer.numel()) : floats;
+    buffer = at::empty({grown}, at::TensorOptions().dtype(at::kFloat).device(device));
+  }
+  return buffer;
+}
+
 }  // namespace
 
 struct DecodeBatch::Group {
   DecodePlan first;  // layout and format of the group
   kn::PoolLayout layout;
+  kn::DecodeSplit split;          // split-KV of this group's launches
+  int64_t workspace_at = 0;       // its partials' first float in the step's workspace
   int32_t num_sequences = 0, sequences_at = 0;
   int32_t num_key_jobs = 0, key_jobs_at = 0;
   int32_t num_value_jobs = 0, value_jobs_at = 0;
@@ -145,11 +162,21 @@ std::unique_ptr<DecodeBatch> DecodeBatch::Create(const std::vector<Entry>& entri
   std::vector<kn::KeyGroupJob> all_key_jobs;
   std::vector<kn::ValueTokenJob> all_value_jobs;
   std::vector<std::tuple<size_t, size_t, size_t>> counts;  // per group: sequences, key jobs, value jobs
+  int64_t workspace_floats = 0;
   for (auto& [key, plans] : by_layout) {
     Group group;
     group.first = plans.front().first;
     group.layout = LayoutOf(group.first);
     const size_t seq0 = all_sequences.size(), key0 = all_key_jobs.size(), value0 = all_value_jobs.size();
+    int64_t max_tokens = 0;
+    for (const auto& [p, row] : plans) max_tokens = std::max(max_tokens, p.tokens);
+    group.split = kn::ChooseDecodeSplit(static_cast<int32_t>(plans.size()), group.layout.kv_heads,
+                                        static_cast<int32_t>(max_tokens));
+    if (group.split.num_splits > 1) {
+      group.workspace_at = workspace_floats;
+      workspace_floats += kn::DecodeWorkspaceFloats(static_cast<int32_t>(plans.size()), group.layout.q_heads,
+                                                    group.layout.head_dim, group.split.num_splits);
+    }
     for (const auto& [p, row] : plans) {
       kn::DecodeSequence s;
       s.row = static_cast<int32_t>(row);
@@ -200,6 +227,7 @@ std::unique_ptr<DecodeBatch> DecodeBatch::Create(const std::vector<Entry>& entri
     value_i += group.num_value_jobs;
   }
   batch->tables_ = Upload(table, pool->device());
+  if (workspace_floats > 0) batch->workspace_ = SplitWorkspace(pool->device(), workspace_floats);
   return batch;
 }
 
@@ -243,6 +271,11 @@ void DecodeBatch::Attend(int64_t layer, const at::Tensor& q_rot, const at::Tenso
     args.inv_freq = pre_rope ? p.shape.inv_freq.data_ptr<float>() : nullptr;
     args.out = out.data_ptr();
     args.out_row_stride = out.stride(0);
+    if (group.split.num_splits > 1) {
+      args.num_splits = group.split.num_splits;
+      args.split_tokens = group.split.split_tokens;
+      args.workspace = workspace_.data_ptr<float>() + group.workspace_at;
+    }
     Check(kn::PagedDecodeAttention(args, nullptr), "decode attention");
   }
 }

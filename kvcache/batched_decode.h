@@ -78,6 +78,7 @@ class DecodeBatch {
   std::vector<Group> groups_;
   std::vector<BatchDecodable*> caches_;
   at::Tensor tables_;  // device int32: page ids, then each group's sequences and jobs
+  at::Tensor workspace_;  // device float32 split-KV partials (undefined when no group splits)
   bool finished_ = false;
 };
 

@@ -83,13 +83,18 @@ at::Tensor QuantizedSequenceCache::AttendPrompt(int64_t layer, const at::Tensor&
 }
 
 void QuantizedSequenceCache::CompletePrompt() {
+  // The state of every layer still to build, in one batch.
+  std::vector<int64_t> unbuilt;
   for (int64_t layer = 0; layer < shape_.num_layers; ++layer) {
     if (state_ && !state_->ready(layer)) {
       TORCH_CHECK(buildable_ && gram_.active() && gram_.tokens(layer) == length_, "SQuat subspace of layer ",
                   layer, " cannot be built: its prompt's queries were not collected");
-      const int64_t rows = shape_.num_attention_heads / shape_.num_kv_heads * length_;
-      buildable_->Build(layer, gram_.Total(layer), rows);
+      unbuilt.push_back(layer);
     }
+  }
+  if (!unbuilt.empty()) {
+    const int64_t rows = shape_.num_attention_heads / shape_.num_kv_heads * length_;
+    buildable_->BuildLayers(unbuilt, [this](int64_t layer) { return gram_.Total(layer); }, rows);
   }
   // On CUDA, two launches quantize every layer's prompt (else ATen ops per layer and head).
   const int64_t r = format_.residual_length;

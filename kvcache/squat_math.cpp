@@ -2,8 +2,11 @@
 // quantization vectorised with ATen ops over tokens and channels (one pass per channel block).
 #include "kvcache/squat_math.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 namespace squat::kv {
@@ -157,7 +160,7 @@ QuerySubspace SubspaceFromGram(const at::Tensor& gram, int64_t r, int64_t max_ra
 }
 
 at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
-                               int64_t block_size) {
+                               int64_t block_size, const EighFunction& eigh) {
   TORCH_CHECK(grams.dim() == 3 && grams.size(1) == grams.size(2), "Gram stack must be [H, d, d], got ",
               grams.sizes());
   TORCH_CHECK(std::isfinite(lambda) && lambda >= 0, "squat lambda must be finite and >= 0, got ", lambda);
@@ -167,7 +170,12 @@ at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_r
   at::Tensor sym = grams.to(at::kDouble);
   TORCH_CHECK(at::isfinite(sym).all().item<bool>(), "Gram matrix has non-finite entries");
   sym = (sym + sym.transpose(1, 2)) * 0.5;
-  auto [eigenvalues, eigenvectors] = at::linalg_eigh(sym);  // ascending
+  at::Tensor eigenvalues, eigenvectors;  // ascending
+  if (eigh) {
+    std::tie(eigenvalues, eigenvectors) = eigh(sym);
+  } else {
+    std::tie(eigenvalues, eigenvectors) = at::linalg_eigh(sym);
+  }
   const at::Tensor sigma2 = eigenvalues.narrow(1, dim - rank, rank).clamp_min(0.0);
   const at::Tensor basis = eigenvectors.narrow(2, dim - rank, rank);
   // Sigma = P^-1 = I - V diag(lambda s2 / (1 + lambda s2)) V^T, then the Cholesky route.
@@ -185,6 +193,27 @@ at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_r
   }
   if (blocks.empty()) return at::empty({heads, 0}, sym.options());
   return at::cat(blocks, 1);
+}
+
+at::Tensor ParallelStackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
+                                       int64_t block_size) {
+  TORCH_CHECK(grams.dim() == 3 && grams.size(1) == grams.size(2), "Gram stack must be [M, d, d], got ",
+              grams.sizes());
+  TORCH_CHECK(grams.device().is_cpu(), "ParallelStackedCompensation takes CPU matrices");
+  const int64_t count = grams.size(0), dim = grams.size(1);
+  TORCH_CHECK(block_size > 0 && dim % block_size == 0, "block size ", block_size, " must divide head_dim ", dim);
+  int64_t floats = 0;
+  for (int64_t start = 0; start + block_size < dim; start += block_size) {
+    floats += block_size * (dim - start - block_size);
+  }
+  const at::Tensor input = grams.to(at::kDouble).contiguous();
+  at::Tensor out = at::empty({count, floats}, input.options());
+  // Inside the parallel region ATen (and its LAPACK) runs single-threaded per slice.
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    out.narrow(0, begin, end - begin)
+        .copy_(StackedCompensation(input.narrow(0, begin, end - begin), r, max_rank, lambda, block_size));
+  });
+  return out;
 }
 
 at::Tensor SquatMetric(const QuerySubspace& subspace, double lambda, int64_t head_dim) {

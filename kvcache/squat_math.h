@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 namespace squat::kv {
@@ -32,13 +34,27 @@ std::vector<at::Tensor> CompensationMatrices(const QuerySubspace& subspace, doub
                                              int64_t head_dim, int64_t block_size,
                                              CompensationMethod method = CompensationMethod::kCholesky);
 
+// A symmetric eigendecomposition with at::linalg_eigh's contract on [B, n, n]: eigenvalues
+// [B, n] ascending, eigenvectors [B, n, n] as columns.
+using EighFunction = std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>;
+
 // SubspaceFromGram + CompensationMatrices (Cholesky route) for a stack of heads at once, so
 // that a layer costs a handful of batched ops rather than a dozen per head (on CUDA: one
 // batched eigendecomposition instead of one per head). grams [H, d, d]; returns [H, F] float64,
 // each head's C_0, C_1, ... flattened in order (F = sum_i g (d - (i+1) g)). Equal to the
-// per-head functions up to round-off.
+// per-head functions up to round-off. `eigh` replaces at::linalg_eigh when given (the cache
+// passes the batched cuSOLVER route of device_eigh.h).
 at::Tensor StackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
-                               int64_t block_size);
+                               int64_t block_size, const EighFunction& eigh = nullptr);
+
+// StackedCompensation of many Gram matrices (grams [M, d, d], float64, on the CPU), shared out
+// over ATen's intra-op threads: each thread runs StackedCompensation on a slice of matrices
+// (LAPACK per matrix, so every row equals StackedCompensation of that matrix alone up to BLAS
+// round-off). Returns [M, F] float64 on the CPU. Not used by the cache: on the H100 machine it
+// took as long as cuSOLVER for a 7B prompt's 1024 heads (tests/squat_state_gpu_test.cpp and
+// docs/kv-cache.md give the numbers); kept for that comparison.
+at::Tensor ParallelStackedCompensation(const at::Tensor& grams, int64_t r, int64_t max_rank, double lambda,
+                                       int64_t block_size);
 
 // Metric P = I + lambda * basis diag(sigma2) basis^T (float64, [d, d]) for tests and diagnostics.
 at::Tensor SquatMetric(const QuerySubspace& subspace, double lambda, int64_t head_dim);

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kvcache/device_eigh.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/squat_math.h"
 
@@ -49,13 +50,44 @@ int64_t SquatSubspace::HeadOffset(int64_t layer, int64_t head) const {
 }
 
 void SquatSubspace::Build(int64_t layer, const at::Tensor& gram, int64_t rows) {
-  TORCH_CHECK(!ready_[layer], "SQuat state of layer ", layer, " is built twice");
-  // Every head of the layer at once; heads are consecutive in the state layout.
-  const at::Tensor stacked = StackedCompensation(gram, subspace_dim_, rows, lambda_, block_size_);
-  TORCH_CHECK(stacked.size(0) == kv_heads_ && stacked.size(1) == floats_per_head_, "SQuat state: got ",
-              stacked.sizes(), " for ", kv_heads_, " heads of ", floats_per_head_, " floats");
-  if (floats_per_head_ > 0) floats_.Write(HeadOffset(layer, 0), stacked.to(at::kFloat));
-  ready_[layer] = true;
+  BuildLayers({layer}, [&](int64_t) { return gram; }, rows);
+}
+
+void SquatSubspace::BuildLayers(const std::vector<int64_t>& layers,
+                                const std::function<at::Tensor(int64_t)>& gram_of, int64_t rows) {
+  for (int64_t layer : layers) {
+    TORCH_CHECK(layer >= 0 && layer < layers_, "SQuat state: layer ", layer, " out of range");
+    TORCH_CHECK(!ready_[layer], "SQuat state of layer ", layer, " is built twice");
+  }
+  if (layers.empty()) return;
+  const int64_t count = static_cast<int64_t>(layers.size());
+  std::vector<at::Tensor> grams;
+  for (int64_t layer : layers) {
+    grams.push_back(gram_of(layer));
+    TORCH_CHECK(grams.back().dim() == 3 && grams.back().size(0) == kv_heads_ && grams.back().size(1) == head_dim_ &&
+                    grams.back().size(2) == head_dim_,
+                "SQuat state: Gram of layer ", layer, " must be [", kv_heads_, ", ", head_dim_, ", ", head_dim_,
+                "], got ", grams.back().sizes());
+  }
+  // Every head of every layer in one batched call on the Grams' device; on CUDA the
+  // eigendecompositions go to cuSOLVER's batched solver in one call (device_eigh.h). Heads and
+  // layers are consecutive in the state layout.
+  const at::Tensor stacked = StackedCompensation(at::cat(grams, 0), subspace_dim_, rows, lambda_, block_size_,
+                                                 [](const at::Tensor& sym) { return BatchedEigh(sym); })
+                                 .to(at::kFloat);
+  TORCH_CHECK(stacked.size(0) == count * kv_heads_ && stacked.size(1) == floats_per_head_, "SQuat state: got ",
+              stacked.sizes(), " for ", count * kv_heads_, " heads of ", floats_per_head_, " floats");
+  if (floats_per_head_ > 0) {
+    const at::Tensor values = stacked.view({count, -1});
+    bool consecutive = true;
+    for (int64_t i = 1; i < count; ++i) consecutive = consecutive && layers[i] == layers[i - 1] + 1;
+    if (consecutive) {
+      floats_.Write(HeadOffset(layers.front(), 0), values);
+    } else {
+      for (int64_t i = 0; i < count; ++i) floats_.Write(HeadOffset(layers[i], 0), values[i]);
+    }
+  }
+  for (int64_t layer : layers) ready_[layer] = true;
 }
 
 std::vector<std::vector<at::Tensor>> SquatSubspace::Load(int64_t layer) const {

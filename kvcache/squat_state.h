@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,6 +37,10 @@ struct SquatSubspace {
   // Subspace of each KV head from its query Gram (gram [H_kv, d, d] float64 over `rows` query
   // rows per head): r_eff = min(r, rows, d) eigenpairs, C_i in float64, stored as float32.
   void Build(int64_t layer, const at::Tensor& gram, int64_t rows);
+  // Build for several layers at once, gram_of(layer) giving each one's Gram: every (layer,
+  // head) in one StackedCompensation call on the Grams' device (BatchedEigh on CUDA).
+  void BuildLayers(const std::vector<int64_t>& layers, const std::function<at::Tensor(int64_t)>& gram_of,
+                   int64_t rows);
   // C_i of every head of `layer`: [head][i], float32 [g, d - (i+1) g], copied from the pages.
   std::vector<std::vector<at::Tensor>> Load(int64_t layer) const;
 

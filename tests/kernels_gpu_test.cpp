@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -207,8 +208,10 @@ std::string Name(const AttentionCase& c) {
 
 class DecodeAttentionTest : public KernelsTest {
  protected:
-  void Run(const AttentionCase& tc) {
-    SCOPED_TRACE(Name(tc) + ", " + Seed());
+  // split_tokens > 0: split-KV with chunks of that many tokens; lengths: N of each sequence
+  // after the append (empty: short lengths inside and across key flushes).
+  void Run(const AttentionCase& tc, int split_tokens = 0, std::vector<int> lengths = {}) {
+    SCOPED_TRACE(Name(tc) + ", split " + std::to_string(split_tokens) + ", " + Seed());
     const bool quantized = tc.format != Format::kFp16, pre_rope = tc.format == Format::kSquatPre;
     HostPool pool;
     PoolLayout& L = pool.L;
@@ -230,7 +233,7 @@ class DecodeAttentionTest : public KernelsTest {
     L.page_bytes = std::max(fp_bytes, q_bytes);
     const int R = L.residual_length, D = L.head_dim, H = L.kv_heads, ring = R + 1;
     // Lengths after the append: not multiples of the tile, inside and across key flushes.
-    const std::vector<int> lengths = {1, 2, 31, 33, 64, 97, 150, 200};
+    if (lengths.empty()) lengths = {1, 2, 31, 33, 64, 97, 150, 200};
     const int B = static_cast<int>(lengths.size());
     int64_t total_pages = 0;
     for (int n : lengths) total_pages += (n + 15) / 16 + (n + 63) / 64 + 3;
@@ -335,6 +338,15 @@ class DecodeAttentionTest : public KernelsTest {
     args.inv_freq = static_cast<const float*>(d_freq.ptr);
     args.out = d_out.ptr;
     args.out_row_stride = q_stride;
+    std::unique_ptr<DeviceBuffer> workspace;
+    if (split_tokens > 0) {
+      const int longest = *std::max_element(lengths.begin(), lengths.end());
+      args.split_tokens = split_tokens;
+      args.num_splits = (longest + split_tokens - 1) / split_tokens;
+      workspace = std::make_unique<DeviceBuffer>(
+          DecodeWorkspaceFloats(B, L.q_heads, D, args.num_splits) * sizeof(float));
+      args.workspace = static_cast<float*>(workspace->ptr);
+    }
     for (int layer = 0; layer < L.num_layers; ++layer) {
       args.layer = layer;
       ASSERT_EQ(PagedDecodeAttention(args, nullptr), 0);
@@ -428,7 +440,7 @@ class DecodeAttentionTest : public KernelsTest {
       const double tolerance = L.dtype == DType::kBFloat16 ? 1e-2 : 1e-3;
       EXPECT_LT(worst / scale, tolerance) << "layer " << layer << ": max |kernel - float64| " << worst
                                           << " over max |out| " << scale;
-      std::cout << Name(tc) << " layer " << layer << ": rel error " << worst / scale << "\n";
+      std::cout << Name(tc) << " split " << split_tokens << " layer " << layer << ": rel error " << worst / scale << "\n";
     }
   }
 };
@@ -442,6 +454,35 @@ TEST_F(DecodeAttentionTest, KiviPagesMatchFloat64) {
   Run({Format::kKiviPost, DType::kFloat16, 1, 128, 2, 2});
   Run({Format::kKiviPost, DType::kFloat16, 4, 128, 4, 4});
   Run({Format::kKiviPost, DType::kFloat32, 2, 64, 2, 4});
+}
+
+// Split-KV: long contexts cut into chunks, chunks past a short sequence's end, the appended
+// token in the last chunk, chunk edges inside quantized pages and residual windows.
+TEST_F(DecodeAttentionTest, SplitKvLongContextsMatchFloat64) {
+  const std::vector<int> lengths = {1, 40, 257, 700, 1333, 2100};
+  Run({Format::kFp16, DType::kFloat16, 4, 128, 2, 2}, 256, lengths);
+  Run({Format::kFp16, DType::kFloat32, 1, 64, 2, 2}, 32, {1, 31, 32, 33, 65, 300});
+  Run({Format::kKiviPost, DType::kFloat16, 4, 128, 2, 2}, 128, lengths);
+  Run({Format::kSquatPre, DType::kFloat16, 4, 128, 2, 2}, 96, lengths);
+  Run({Format::kSquatPre, DType::kBFloat16, 2, 128, 4, 4}, 512, lengths);
+}
+
+TEST_F(KernelsTest, ChooseDecodeSplitCoversEveryToken) {
+  for (int32_t seqs : {1, 3, 4, 11, 64, 512})
+    for (int32_t heads : {1, 8, 32})
+      for (int32_t tokens : {1, 100, 257, 8206, 32782, 131072}) {
+        const DecodeSplit s = ChooseDecodeSplit(seqs, heads, tokens);
+        if (s.num_splits <= 1) continue;
+        SCOPED_TRACE(std::to_string(seqs) + " x " + std::to_string(heads) + ", " + std::to_string(tokens));
+        EXPECT_EQ(s.split_tokens % 32, 0);
+        EXPECT_GE(static_cast<int64_t>(s.num_splits) * s.split_tokens, tokens);
+        EXPECT_LT(static_cast<int64_t>(s.num_splits - 1) * s.split_tokens, tokens);  // no empty chunk
+      }
+  // Few sequences with long contexts must split (the point of split-KV); the printed plan is
+  // the one the engine uses at the Llama-3.1-8B shape.
+  const DecodeSplit s = ChooseDecodeSplit(4, 8, 8206);
+  EXPECT_GT(s.num_splits, 1);
+  std::cout << "4 sequences x 8 KV heads x 8206 tokens: " << s.num_splits << " splits of " << s.split_tokens << "\n";
 }
 
 TEST_F(DecodeAttentionTest, SquatPreRopePagesMatchFloat64) {
@@ -519,6 +560,92 @@ TEST_F(KernelsTest, DecodeAttentionTimingLlama2Shape) {
     std::cout << (format == Format::kFp16 ? "fp16" : format == Format::kKiviPost ? "kivi K2V2" : "squat K2V2 (RoPE fused)")
               << ": " << us << " us per layer launch, " << bytes / 1e6 << " MB of KV, " << bytes / us / 1e3
               << " GB/s\n";
+  }
+}
+
+// Not a check: one decode-attention launch at the Llama-3.1-8B layer shape (8 KV heads, 32
+// query heads, d 128, fp16) for a few long sequences, without and with split-KV (the split the
+// engine would choose), so the printed times show what the extra blocks buy.
+TEST_F(KernelsTest, DecodeAttentionTimingLongContextSplit) {
+  constexpr int H = 8, n_rep = 4, D = 128, R = 32;
+  struct Shape { int B, N; };
+  for (Shape shape : {Shape{4, 8206}, Shape{3, 32782}}) {
+    const int B = shape.B, N = shape.N;
+    for (Format format : {Format::kFp16, Format::kSquatPre}) {
+      const bool quantized = format != Format::kFp16;
+      PoolLayout L;
+      L.num_layers = 1;
+      L.kv_heads = H;
+      L.q_heads = H * n_rep;
+      L.head_dim = D;
+      L.dtype = DType::kFloat16;
+      L.group_size = L.residual_length = R;
+      L.slots_per_page = 16;
+      L.page_bytes = 2LL * H * 16 * D * 2;
+      L.tokens_per_page = static_cast<int32_t>(L.page_bytes / (R * H * D * 3 / 4) * R);  // K2V2, G 32
+      const int data_per_seq = quantized ? (N + L.tokens_per_page - 1) / L.tokens_per_page : (N + 15) / 16;
+      const int per_seq = data_per_seq + (quantized ? 3 : 0);
+      std::vector<int32_t> ids(static_cast<size_t>(B) * per_seq);
+      std::iota(ids.begin(), ids.end(), 0);
+      std::vector<DecodeSequence> seqs(B);
+      for (int s = 0; s < B; ++s) {
+        DecodeSequence& q = seqs[s];
+        q.row = s;
+        q.tokens = N;
+        q.data_pages = s * per_seq;
+        q.residual_pages = s * per_seq + data_per_seq;
+        q.quantized_keys = quantized ? (N - 1) - (N - 1) % R : 0;
+        q.quantized_values = quantized ? N - 1 - R : 0;
+        q.key_slot = quantized ? (N - 1) % R : N - 1;
+      }
+      const size_t pool_bytes = ids.size() * L.page_bytes, qkv_bytes = static_cast<size_t>(B) * (n_rep + 2) * H * D * 2;
+      DeviceBuffer pool(pool_bytes), pages(ids.size() * 4), d_seqs(B * sizeof(DecodeSequence));
+      DeviceBuffer qkv(qkv_bytes), out(static_cast<size_t>(B) * n_rep * H * D * 2), freq(D / 2 * 4);
+      ASSERT_TRUE(pool.ptr && qkv.ptr);
+      std::vector<uint8_t> zeros(std::max(pool_bytes, qkv_bytes), 0);
+      ASSERT_EQ(CopyToDevice(pool.ptr, zeros.data(), pool_bytes, nullptr), 0);
+      ASSERT_EQ(CopyToDevice(qkv.ptr, zeros.data(), qkv_bytes, nullptr), 0);
+      ASSERT_EQ(CopyToDevice(freq.ptr, zeros.data(), D / 2 * 4, nullptr), 0);
+      ToDevice(pages, ids);
+      ToDevice(d_seqs, seqs);
+      L.pool = pool.ptr;
+      DecodeArgs a;
+      a.layout = L;
+      a.quantized = quantized;
+      a.pre_rope = format == Format::kSquatPre;
+      a.sequences = static_cast<const DecodeSequence*>(d_seqs.ptr);
+      a.page_ids = static_cast<const int32_t*>(pages.ptr);
+      a.num_sequences = B;
+      const int64_t row = static_cast<int64_t>(n_rep + 2) * H * D;
+      a.q = qkv.ptr;
+      a.q_row_stride = row;
+      a.k_new = static_cast<uint8_t*>(qkv.ptr) + n_rep * H * D * 2;
+      a.k_row_stride = row;
+      a.v_new = static_cast<uint8_t*>(qkv.ptr) + (n_rep + 1) * H * D * 2;
+      a.v_row_stride = row;
+      a.inv_freq = static_cast<const float*>(freq.ptr);
+      a.out = out.ptr;
+      a.out_row_stride = n_rep * H * D;
+      const DecodeSplit split = ChooseDecodeSplit(B, H, N);
+      DeviceBuffer workspace(DecodeWorkspaceFloats(B, L.q_heads, D, std::max(1, split.num_splits)) * sizeof(float));
+      for (bool use_split : {false, true}) {
+        a.num_splits = use_split ? split.num_splits : 1;
+        a.split_tokens = use_split ? split.split_tokens : 0;
+        a.workspace = use_split ? static_cast<float*>(workspace.ptr) : nullptr;
+        ASSERT_EQ(PagedDecodeAttention(a, nullptr), 0);
+        ASSERT_EQ(StreamSynchronize(nullptr), 0);
+        constexpr int kLaunches = 20;
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < kLaunches; ++i) ASSERT_EQ(PagedDecodeAttention(a, nullptr), 0);
+        ASSERT_EQ(StreamSynchronize(nullptr), 0);
+        const double us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / kLaunches;
+        const double bytes = static_cast<double>(B) * N * H * D * (quantized ? 0.75 : 4.0);
+        std::cout << (quantized ? "squat K2V2" : "fp16") << " B " << B << " N " << N << " splits " << a.num_splits
+                  << " x " << a.split_tokens << ": " << us << " us per layer launch, " << bytes / us / 1e3
+                  << " GB/s\n";
+      }
+    }
   }
 }
 

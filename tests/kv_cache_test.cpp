@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kvcache/device_eigh.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/query_gram.h"
@@ -827,6 +828,49 @@ TEST_F(SeededTest, StackedCompensationEqualsPerHeadMath) {
       if (lambda == 0) EXPECT_EQ(stacked[h].abs().max().item<double>(), 0.0);
     }
   }
+}
+
+// The CPU-threaded build of many heads (the cache's path, on CUDA too) equals
+// StackedCompensation of each matrix alone.
+TEST_F(SeededTest, ParallelStackedCompensationEqualsStacked) {
+  SCOPED_TRACE(SeedNote());
+  const int64_t count = 11, d = 32, rows = 50, r = 12, g = 16;
+  const at::Tensor mix = at::randn({count, 6, d}, at::kDouble) * 3.0;
+  const at::Tensor queries =
+      at::matmul(at::randn({count, rows, 6}, at::kDouble), mix) + 0.1 * at::randn({count, rows, d}, at::kDouble);
+  const at::Tensor grams = at::matmul(queries.transpose(1, 2), queries);
+  const at::Tensor parallel = ParallelStackedCompensation(grams, r, rows, 1e-2, g);
+  ASSERT_EQ(parallel.size(0), count);
+  for (int64_t m = 0; m < count; ++m) {
+    const at::Tensor alone = StackedCompensation(grams.narrow(0, m, 1), r, rows, 1e-2, g)[0];
+    ASSERT_EQ(parallel[m].numel(), alone.numel());
+    const double scale = std::max(1.0, alone.abs().max().item<double>());
+    EXPECT_GT(alone.abs().max().item<double>(), 0.0);
+    EXPECT_LT((parallel[m] - alone).abs().max().item<double>(), 1e-10 * scale) << "matrix " << m;
+  }
+  // Nothing to feed forward when one block spans the head.
+  EXPECT_EQ(ParallelStackedCompensation(grams, r, rows, 1e-2, d).size(1), 0);
+}
+
+// StackedCompensation hands the whole stack to a given eigensolver once, and BatchedEigh (the
+// cache's eigensolver) is LibTorch's eigh off CUDA, so CPU states do not change.
+TEST_F(SeededTest, StackedCompensationWithBatchedEighEqualsDefault) {
+  SCOPED_TRACE(SeedNote());
+  const int64_t count = 6, d = 32, rows = 40, r = 10, g = 16;
+  const at::Tensor queries = at::randn({count, rows, d}, at::kDouble) * at::rand({1, 1, d}, at::kDouble) * 3.0;
+  const at::Tensor grams = at::matmul(queries.transpose(1, 2), queries);
+  int calls = 0;
+  bool used_batched = true;
+  const at::Tensor with_batched = StackedCompensation(grams, r, rows, 0.05, g, [&](const at::Tensor& sym) {
+    ++calls;
+    EXPECT_EQ(sym.size(0), count);
+    return BatchedEigh(sym, &used_batched);
+  });
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(used_batched);
+  const at::Tensor plain = StackedCompensation(grams, r, rows, 0.05, g);
+  EXPECT_GT(plain.abs().max().item<double>(), 0.0);
+  EXPECT_TRUE(at::equal(with_batched, plain));
 }
 
 // ---- T10: residual-window state machine ----
