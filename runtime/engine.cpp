@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "kvcache/device_memory.h"
 #include "kvcache/kv_cache.h"
 #include "runtime/llama_model.h"
 #include "runtime/log.h"
@@ -213,6 +214,9 @@ class EngineImpl : public Engine {
     d.device = model_->device().str();
     d.eos_token_ids = eos_list_;
     d.weight_bytes = model_->weight_bytes();
+    if (model_->device().is_cuda()) {
+      d.workspace_bytes = model_->WorkspaceBytes(options_.max_num_batched_tokens, options_.max_num_seqs);
+    }
     for (const kv::KvFormat& f : ListedFormats()) {
       KvFormatDescription desc;
       desc.method = kv::KvMethodName(f.method);
@@ -374,7 +378,12 @@ class EngineImpl : public Engine {
 
   // One batched forward pass over the scheduler's plan, then sampling and streaming.
   void Step() {
+    const auto step_start = Clock::now();
+    const int64_t preemptions_before = scheduler_->preemptions();
     StepPlan plan = scheduler_->Plan();
+    if (options_.observer != nullptr && scheduler_->preemptions() > preemptions_before) {
+      options_.observer->OnPreemptions(scheduler_->preemptions() - preemptions_before);
+    }
     for (auto& [seq, status] : plan.failed) {
       log::Error(absl::StrCat("request ", seq->request.request_id, ": ", status.message()));
       Finish(std::move(seq), FinishReason::kError, std::string(status.message()));
@@ -386,8 +395,10 @@ class EngineImpl : public Engine {
     std::vector<ForwardSegment> segments;
     segments.reserve(plan.chunks.size());
     const auto now = Clock::now();
+    bool feeds_prompt = false;
     for (const ScheduledChunk& chunk : plan.chunks) {
       Sequence& seq = *chunk.seq;
+      feeds_prompt |= seq.computed() < seq.prefill_end;
       if (!seq.admitted_once) {
         seq.admitted_once = true;
         seq.timings.queue_seconds = SecondsBetween(seq.submitted, now);
@@ -400,7 +411,7 @@ class EngineImpl : public Engine {
     at::Tensor logits;
     try {
       at::Tensor input = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(model_->device());
-      logits = model_->ForwardBatch(input, segments).to(at::kCPU).contiguous();
+      logits = model_->ForwardBatch(input, segments);
     } catch (const std::exception& e) {
       // A failed pass leaves every cache of the batch half-written: end those requests.
       std::string error = e.what();
@@ -415,15 +426,70 @@ class EngineImpl : public Engine {
     steps_.fetch_add(1);
     UpdatePoolUsage();  // completed prompts released their full-precision staging
 
-    const int32_t vocab = static_cast<int32_t>(logits.size(1));
-    float* all_rows = logits.data_ptr<float>();
+    const SampledRows sampled = CopyForSampling(logits, plan.chunks);
     for (size_t i = 0; i < plan.chunks.size(); ++i) {
       const ScheduledChunk& chunk = plan.chunks[i];
       if (!chunk.samples) continue;  // mid-prompt or replaying generated tokens
-      const SampledToken token = chunk.seq->sampler->Sample(all_rows + i * vocab, vocab);
+      const int64_t host_row = sampled.host_row[i];
+      const SampledToken token =
+          host_row < 0 ? chunk.seq->sampler->AcceptArgmax(sampled.argmax[i])
+                       : chunk.seq->sampler->Sample(sampled.rows + host_row * sampled.vocab,
+                                                    sampled.vocab);
       const FinishReason reason = AcceptToken(*chunk.seq, token);
       if (reason != FinishReason::kNone) Finish(scheduler_->Release(chunk.seq), reason, "");
     }
+    if (options_.observer != nullptr) {
+      StepInfo info;
+      info.prefill = feeds_prompt;
+      info.num_sequences = static_cast<int32_t>(plan.chunks.size());
+      info.num_tokens = static_cast<int64_t>(rows.size());
+      info.duration_seconds = SecondsBetween(step_start, Clock::now());
+      options_.observer->OnStep(info);
+    }
+  }
+
+  // What sampling needs from the step's logits [chunks, vocab] (on the model's device): plain
+  // greedy sequences take the argmax there, the others their whole row on the host, so that a
+  // large greedy batch moves a few bytes per sequence over PCIe instead of a vocabulary row.
+  struct SampledRows {
+    at::Tensor host;                 // rows of the sequences that sample on the host
+    float* rows = nullptr;
+    int32_t vocab = 0;
+    std::vector<int64_t> host_row;   // per chunk: its row in `host`, or -1 (argmax)
+    std::vector<int32_t> argmax;     // per chunk, valid where host_row is -1
+  };
+  static SampledRows CopyForSampling(const at::Tensor& logits,
+                                     const std::vector<ScheduledChunk>& chunks) {
+    SampledRows out;
+    out.vocab = static_cast<int32_t>(logits.size(1));
+    out.host_row.assign(chunks.size(), -1);
+    out.argmax.assign(chunks.size(), -1);
+    std::vector<int64_t> host_rows;
+    bool any_argmax = false;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (!chunks[i].samples) continue;
+      if (chunks[i].seq->sampler->IsPlainGreedy()) {
+        any_argmax = true;
+      } else {
+        out.host_row[i] = static_cast<int64_t>(host_rows.size());
+        host_rows.push_back(static_cast<int64_t>(i));
+      }
+    }
+    if (any_argmax) {
+      const at::Tensor ids = logits.argmax(1).to(at::kCPU).to(at::kLong).contiguous();
+      const int64_t* id = ids.data_ptr<int64_t>();
+      for (size_t i = 0; i < chunks.size(); ++i) out.argmax[i] = static_cast<int32_t>(id[i]);
+    }
+    if (!host_rows.empty()) {
+      at::Tensor rows = logits;
+      if (host_rows.size() != chunks.size()) {
+        rows = logits.index_select(
+            0, at::tensor(host_rows, at::TensorOptions().dtype(at::kLong)).to(logits.device()));
+      }
+      out.host = rows.to(at::kCPU, at::kFloat).contiguous();
+      out.rows = out.host.data_ptr<float>();
+    }
+    return out;
   }
 
   // Streams a sampled token; returns why the sequence ends, or kNone.
@@ -445,6 +511,7 @@ class EngineImpl : public Engine {
     event.text = seq.stops->Append(seq.decoder->Push(token.token_id));
     event.prompt_tokens = static_cast<int32_t>(seq.prompt_len);
     event.completion_tokens = static_cast<int32_t>(seq.generated());
+    event.time_seconds = SecondsBetween(seq.submitted, Clock::now());
     seq.stream->Push(std::move(event));
     if (seq.stops->stopped()) return FinishReason::kStop;
     if (seq.generated() >= seq.max_new_tokens) return FinishReason::kLength;
@@ -471,6 +538,7 @@ class EngineImpl : public Engine {
     last.completion_tokens = static_cast<int32_t>(seq->generated());
     last.timings = seq->timings;
     last.timings.total_seconds = SecondsBetween(seq->submitted, Clock::now());
+    last.time_seconds = last.timings.total_seconds;
     seq->stream->Push(std::move(last));
   }
 
@@ -539,7 +607,35 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   log::Info(absl::StrFormat("model loaded in %.2f s", SecondsBetween(t0, Clock::now())));
   const kv::KvFormat default_format = DefaultKvFormat(options, config->head_dim, *default_method);
   if (auto status = kv::ValidateKvFormat(default_format, config->head_dim); !status.ok()) return status;
-  const int64_t pool_bytes = options.kv_pool_bytes > 0 ? options.kv_pool_bytes : (int64_t{1} << 30);
+  int64_t pool_bytes = options.kv_pool_bytes > 0 ? options.kv_pool_bytes : (int64_t{1} << 30);
+  if ((*model)->device().is_cuda()) {
+    // Weights are loaded; the workspace is an estimate from the shapes; the KV pool is one
+    // allocation of what the utilization share leaves (unless --kv-pool-mib fixes it).
+    if (!(options.gpu_memory_utilization > 0 && options.gpu_memory_utilization <= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("gpu_memory_utilization must be in (0, 1], got ",
+                                                     options.gpu_memory_utilization));
+    }
+    const int64_t workspace = (*model)->WorkspaceBytes(options.max_num_batched_tokens, options.max_num_seqs);
+    auto memory = kv::QueryDeviceMemory((*model)->device());
+    if (!memory.ok()) return memory.status();
+    if (options.kv_pool_bytes <= 0) {
+      pool_bytes = kv::KvPoolBytesFor(*memory, options.gpu_memory_utilization, workspace);
+      if (pool_bytes <= 0) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "no GPU memory left for the KV pool: %.2f of %.1f MiB is %.1f MiB, %.1f MiB are in use after loading "
+            "the weights and the workspace needs %.1f MiB (raise --gpu-memory-utilization or lower "
+            "--max-num-batched-tokens)",
+            options.gpu_memory_utilization, memory->total_bytes / 1048576.0,
+            options.gpu_memory_utilization * memory->total_bytes / 1048576.0,
+            (memory->total_bytes - memory->free_bytes) / 1048576.0, workspace / 1048576.0));
+      }
+    }
+    log::Info(absl::StrFormat("GPU memory: weights %.1f MiB, workspace %.1f MiB (estimate), KV pool %.1f MiB; "
+                              "%.1f MiB in use of %.1f MiB before the pool",
+                              (*model)->weight_bytes() / 1048576.0, workspace / 1048576.0, pool_bytes / 1048576.0,
+                              (memory->total_bytes - memory->free_bytes) / 1048576.0,
+                              memory->total_bytes / 1048576.0));
+  }
   auto kv_manager = kv::KvCacheManager::Create((*model)->kv_shape(), default_format, pool_bytes);
   if (!kv_manager.ok()) return kv_manager.status();
   const kv::PoolStats pool = (*kv_manager)->stats();

@@ -18,6 +18,24 @@
 
 namespace squat {
 
+// What one engine step (one batched forward pass) did; see EngineObserver.
+struct StepInfo {
+  bool prefill = false;          // the step fed at least one prompt chunk
+  int32_t num_sequences = 0;     // sequences in the batch
+  int64_t num_tokens = 0;        // rows fed: prompt-chunk tokens plus one per decoding sequence
+  double duration_seconds = 0;   // planning, the forward pass, sampling and streaming
+};
+
+// Callbacks from the engine thread, for metrics. They must return quickly and must not call
+// back into the engine. The observer is not owned and must outlive the engine.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnStep(const StepInfo& step) {}
+  // Running sequences whose pages were reclaimed while planning a step (recomputed later).
+  virtual void OnPreemptions(int64_t sequences) {}
+};
+
 struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";
@@ -33,7 +51,11 @@ struct EngineOptions {
   int32_t kv_subspace_dim = 60;     // r
   double kv_lambda = 1e-3;
   bool kv_shared_subspace = false;  // false: one subspace per request (from its own prompt)
-  int64_t kv_pool_bytes = 0;        // KV page pool size; 0: 1 GiB
+  int64_t kv_pool_bytes = 0;        // KV page pool size; 0: 1 GiB on CPU, see below on CUDA
+  // CUDA with kv_pool_bytes 0: the KV pool takes this share of the device's total memory minus
+  // what is in use once the weights are loaded (weights, CUDA context) and minus the activation
+  // workspace for max_num_batched_tokens (ModelDescription::workspace_bytes).
+  double gpu_memory_utilization = 0.9;
   int32_t max_model_len = 0;       // 0: the model's max_position_embeddings
   int32_t default_max_tokens = 256;
   int32_t max_tokens_limit = 4096;  // a request asking for more is rejected
@@ -44,6 +66,7 @@ struct EngineOptions {
   int32_t max_num_seqs = 256;             // running sequences (holding KV pages) at most
   int32_t max_num_batched_tokens = 2048;  // tokens fed per step, prompt chunks and decodes together
   int32_t max_prefill_chunk = 512;        // prompt tokens one sequence feeds per step
+  EngineObserver* observer = nullptr;     // not owned; null: none
 };
 
 enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled, kError };
@@ -77,6 +100,9 @@ struct GenerationEvent {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   Timings timings;
+  // Seconds from the request's arrival to when the engine produced this event (token events
+  // and the final one), so consumers can measure inter-token latency without queueing delay.
+  double time_seconds = 0;
 };
 
 // Thread-safe queue between the engine thread (producer) and one consumer.
@@ -136,6 +162,9 @@ struct ModelDescription {
   std::string device;
   std::vector<int32_t> eos_token_ids;
   int64_t weight_bytes = 0;
+  // Activation workspace the engine sets aside on the device (CUDA: estimated from the
+  // shapes); 0 on CPU, where it is not measured.
+  int64_t workspace_bytes = 0;
   std::vector<KvFormatDescription> kv_formats;
 };
 

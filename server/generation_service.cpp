@@ -3,12 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/log.h"
 #include "server/proto_conversion.h"
 #include "server/status_mapping.h"
-#include "spdlog/spdlog.h"
 
 namespace squat::server {
 namespace {
@@ -18,6 +19,7 @@ constexpr std::chrono::milliseconds kPollInterval(50);
 // After the client is gone, how long to wait for the engine's final event (to log the
 // request's outcome); the engine frees the request's pages at its next step regardless.
 constexpr std::chrono::seconds kCancelGrace(5);
+constexpr std::chrono::milliseconds kDeadlineSlack(250);
 constexpr size_t kMaxRequestIdLength = 128;
 
 std::string NewRequestId() {
@@ -68,47 +70,127 @@ bool NextEvent(grpc::ServerContext* context, RequestStream* stream, GenerationEv
   return false;
 }
 
-void LogFinished(const char* kind, const std::string& id, const GenerationEvent& event) {
-  const Timings& t = event.timings;
-  if (event.finish_reason == FinishReason::kError) {
-    spdlog::error("[{}] {} failed: {} (prompt_tokens={} completion_tokens={} total={:.3f}s)", id,
-                  kind, event.error_message, event.prompt_tokens, event.completion_tokens,
-                  t.total_seconds);
-    return;
-  }
-  spdlog::info(
-      "[{}] {} finished: reason={} prompt_tokens={} completion_tokens={} queue={:.3f}s "
-      "ttft={:.3f}s total={:.3f}s",
-      id, kind, FinishReasonName(event.finish_reason), event.prompt_tokens,
-      event.completion_tokens, t.queue_seconds, t.time_to_first_token_seconds, t.total_seconds);
-}
-
-// The client went away (or its deadline passed): stop the engine's work on the request
-// and log how it ended.
-grpc::Status AbandonRequest(grpc::ServerContext* context, RequestStream* stream, const char* kind,
-                            const std::string& id) {
-  const bool deadline_passed = context->deadline() <= std::chrono::system_clock::now();
-  spdlog::info("[{}] {} {}; cancelling", id, kind,
-               deadline_passed ? "deadline exceeded" : "cancelled by the client");
-  stream->Cancel();
-  const auto give_up = std::chrono::steady_clock::now() + kCancelGrace;
-  GenerationEvent event;
-  bool logged = false;
-  while (!logged && std::chrono::steady_clock::now() < give_up) {
-    if (stream->Next(&event, kPollInterval) && event.finished) {
-      LogFinished(kind, id, event);
-      logged = true;
-    }
-  }
-  if (!logged) spdlog::warn("[{}] {} did not report its end after cancellation", id, kind);
-  if (deadline_passed) return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded"};
-  return {grpc::StatusCode::CANCELLED, "call cancelled by the client"};
-}
-
 grpc::Status GenerationError(const GenerationEvent& event) {
   return {grpc::StatusCode::INTERNAL, event.error_message.empty()
                                           ? std::string("generation failed")
                                           : absl::StrCat("generation failed: ", event.error_message)};
+}
+
+std::string CodeName(grpc::StatusCode code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+}  // namespace
+
+// One generation call from arrival to its status. End() logs the call's last line (finished:
+// reason, tokens, timings; or rejected: code, message) and feeds the metrics, exactly once on
+// every path: success, engine error, client cancellation, deadline, refusal. Handlers return
+// through End().
+class CallRecord {
+ public:
+  CallRecord(const char* kind, ServerMetrics* metrics) : kind_(kind), metrics_(metrics) {}
+  CallRecord(const CallRecord&) = delete;
+  CallRecord& operator=(const CallRecord&) = delete;
+
+  const char* kind() const { return kind_; }
+  const std::string& id() const { return id_; }
+  void SetId(std::string id) { id_ = std::move(id); }
+
+  // The engine accepted the request in KV format `format` (its metrics label).
+  void Accepted(std::string format) {
+    accepted_ = true;
+    format_ = std::move(format);
+    if (metrics_ != nullptr) request_metrics_.emplace(metrics_->StartRequest(format_));
+  }
+
+  // Every event taken from the request's stream, in order.
+  void OnEvent(const GenerationEvent& event) {
+    const auto tokens = static_cast<int64_t>(event.token_ids.size());
+    tokens_seen_ += tokens;
+    if (request_metrics_.has_value()) request_metrics_->OnTokens(tokens, event.time_seconds);
+    if (event.finished) {
+      finished_ = true;
+      final_reason_ = event.finish_reason;
+      final_prompt_tokens_ = event.prompt_tokens;
+      final_completion_tokens_ = event.completion_tokens;
+      final_timings_ = event.timings;
+    }
+  }
+  bool finished() const { return finished_; }
+
+  grpc::Status End(grpc::Status status) {
+    const std::string code = CodeName(status.error_code());
+    if (metrics_ != nullptr && !status.ok()) metrics_->CountError(code);
+    if (!accepted_) {
+      log::Warn(absl::StrCat(kind_, " rejected"),
+                {{log::kRequestIdKey, id_}, {"status", code}, {"error", status.error_message()}});
+      return status;
+    }
+    // Without a final event (the engine did not report the end of an abandoned request in
+    // time) the request counts as cancelled, with the tokens seen.
+    const FinishReason reason = finished_ ? final_reason_ : FinishReason::kCancelled;
+    if (request_metrics_.has_value()) {
+      request_metrics_->OnEnd(reason, static_cast<int32_t>(final_prompt_tokens_), final_timings_);
+    }
+    log::Fields fields = {{log::kRequestIdKey, id_},
+                          {"finish_reason", FinishReasonName(reason)},
+                          {"prompt_tokens", final_prompt_tokens_},
+                          {"completion_tokens", finished_ ? final_completion_tokens_ : tokens_seen_},
+                          {"queue_seconds", final_timings_.queue_seconds},
+                          {"ttft_seconds", final_timings_.time_to_first_token_seconds},
+                          {"total_seconds", final_timings_.total_seconds},
+                          {"kv_format", format_},
+                          {"status", code}};
+    if (!status.ok()) fields.emplace_back("error", status.error_message());
+    if (reason == FinishReason::kError) {
+      log::Error(absl::StrCat(kind_, " finished"), fields);
+    } else {
+      log::Info(absl::StrCat(kind_, " finished"), fields);
+    }
+    return status;
+  }
+
+ private:
+  const char* const kind_;
+  ServerMetrics* const metrics_;
+  std::string id_;
+  bool accepted_ = false;
+  std::string format_;
+  std::optional<RequestMetrics> request_metrics_;
+  int64_t tokens_seen_ = 0;
+  bool finished_ = false;
+  FinishReason final_reason_ = FinishReason::kNone;
+  int64_t final_prompt_tokens_ = 0;
+  int64_t final_completion_tokens_ = 0;
+  Timings final_timings_;
+};
+
+namespace {
+
+// The client went away (or its deadline passed): stop the engine's work on the request and
+// wait a while for its final event, so that the last log line and the metrics say how it
+// ended.
+grpc::Status AbandonRequest(grpc::ServerContext* context, RequestStream* stream, CallRecord* call) {
+  // A client's deadline timer cancels the call a moment before the server's copy of the
+  // deadline (which started when the call arrived) passes: a call cut short this close to its
+  // deadline ended by the deadline.
+  const bool deadline_passed =
+      context->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
+  log::Info(absl::StrCat(call->kind(), deadline_passed ? " deadline exceeded" : " cancelled by the client",
+                         "; cancelling"),
+            {{log::kRequestIdKey, call->id()}});
+  stream->Cancel();
+  const auto give_up = std::chrono::steady_clock::now() + kCancelGrace;
+  GenerationEvent event;
+  while (!call->finished() && std::chrono::steady_clock::now() < give_up) {
+    if (stream->Next(&event, kPollInterval)) call->OnEvent(event);
+  }
+  if (!call->finished()) {
+    log::Warn(absl::StrCat(call->kind(), " did not report its end after cancellation"),
+              {{log::kRequestIdKey, call->id()}});
+  }
+  if (deadline_passed) return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded"};
+  return {grpc::StatusCode::CANCELLED, "call cancelled by the client"};
 }
 
 }  // namespace
@@ -148,59 +230,57 @@ grpc::Status GenerationServiceImpl::StartRequest(const char* kind,
   Engine* engine = nullptr;
   grpc::Status status = ReadyEngine(/*for_generation=*/true, &engine);
   if (status.ok()) status = ToGrpcStatus(ValidateGenerateRequest(request, limits_));
-  if (status.ok()) {
-    absl::StatusOr<std::shared_ptr<RequestStream>> submitted =
-        engine->Submit(ToEngineRequest(request, request_id, default_max_tokens_));
-    if (submitted.ok()) {
-      *stream = *std::move(submitted);
-    } else if (submitted.status().code() == absl::StatusCode::kUnavailable && draining_.load()) {
-      status = {grpc::StatusCode::UNAVAILABLE, "server is draining"};
-    } else {
-      status = ToGrpcStatus(submitted.status());
+  if (!status.ok()) return status;
+  absl::StatusOr<std::shared_ptr<RequestStream>> submitted =
+      engine->Submit(ToEngineRequest(request, request_id, default_max_tokens_));
+  if (!submitted.ok()) {
+    if (submitted.status().code() == absl::StatusCode::kUnavailable && draining_.load()) {
+      return {grpc::StatusCode::UNAVAILABLE, "server is draining"};
     }
+    return ToGrpcStatus(submitted.status());
   }
-  if (!status.ok()) {
-    spdlog::warn("[{}] {} rejected: {}: {}", request_id, kind,
-                 absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
-                 status.error_message());
-    return status;
-  }
-  spdlog::debug("[{}] {} accepted: prompt {} {}, max_tokens={}", request_id, kind,
-                request.prompt_case() == v1::GenerateRequest::kTokenIds
-                    ? request.token_ids().ids_size()
-                    : static_cast<int>(request.text().size()),
-                request.prompt_case() == v1::GenerateRequest::kTokenIds ? "ids" : "bytes",
-                request.sampling().max_tokens());
+  *stream = *std::move(submitted);
+  const bool ids = request.prompt_case() == v1::GenerateRequest::kTokenIds;
+  log::Debug(absl::StrCat(kind, " accepted"),
+             {{log::kRequestIdKey, request_id},
+              {ids ? "prompt_ids" : "prompt_bytes",
+               ids ? request.token_ids().ids_size() : static_cast<int>(request.text().size())},
+              {"max_tokens", request.sampling().max_tokens()}});
   return grpc::Status::OK;
 }
 
 grpc::Status GenerationServiceImpl::Generate(grpc::ServerContext* context,
                                              const v1::GenerateRequest* request,
                                              v1::GenerateResponse* response) {
+  CallRecord call("generate", metrics_);
+  return call.End(RunGenerate(context, *request, response, &call));
+}
+
+grpc::Status GenerationServiceImpl::RunGenerate(grpc::ServerContext* context,
+                                                const v1::GenerateRequest& request,
+                                                v1::GenerateResponse* response, CallRecord* call) {
   std::string id;
-  std::shared_ptr<RequestStream> stream;
-  grpc::Status status = ResolveRequestId(*request, &id);
-  if (!status.ok()) {
-    spdlog::warn("[{}] generate rejected: {}", id, status.error_message());
-    return status;
-  }
-  status = StartRequest("generate", *request, id, &stream);
+  grpc::Status status = ResolveRequestId(request, &id);
+  call->SetId(id);
   if (!status.ok()) return status;
+  std::shared_ptr<RequestStream> stream;
+  status = StartRequest(call->kind(), request, id, &stream);
+  if (!status.ok()) return status;
+  call->Accepted(RequestFormat(request));
 
   response->set_request_id(id);
-  response->set_kv_cache_method(request->kv_cache().method().empty()
-                                    ? default_kv_method_
-                                    : request->kv_cache().method());
+  response->set_kv_cache_method(request.kv_cache().method().empty() ? default_kv_method_
+                                                                    : request.kv_cache().method());
   GenerationEvent event;
   while (true) {
     if (!NextEvent(context, stream.get(), &event)) {
-      return AbandonRequest(context, stream.get(), "generate", id);
+      return AbandonRequest(context, stream.get(), call);
     }
+    call->OnEvent(event);
     response->mutable_text()->append(event.text);
     response->mutable_token_ids()->Add(event.token_ids.begin(), event.token_ids.end());
     response->mutable_logprobs()->Add(event.logprobs.begin(), event.logprobs.end());
     if (!event.finished) continue;
-    LogFinished("generate", id, event);
     if (event.finish_reason == FinishReason::kError) return GenerationError(event);
     response->set_finish_reason(ToProtoFinishReason(event.finish_reason));
     FillUsage(event, response->mutable_usage());
@@ -212,21 +292,28 @@ grpc::Status GenerationServiceImpl::Generate(grpc::ServerContext* context,
 grpc::Status GenerationServiceImpl::GenerateStream(
     grpc::ServerContext* context, const v1::GenerateRequest* request,
     grpc::ServerWriter<v1::GenerateStreamResponse>* writer) {
+  CallRecord call("stream", metrics_);
+  return call.End(RunGenerateStream(context, *request, writer, &call));
+}
+
+grpc::Status GenerationServiceImpl::RunGenerateStream(
+    grpc::ServerContext* context, const v1::GenerateRequest& request,
+    grpc::ServerWriter<v1::GenerateStreamResponse>* writer, CallRecord* call) {
   std::string id;
-  std::shared_ptr<RequestStream> stream;
-  grpc::Status status = ResolveRequestId(*request, &id);
-  if (!status.ok()) {
-    spdlog::warn("[{}] stream rejected: {}", id, status.error_message());
-    return status;
-  }
-  status = StartRequest("stream", *request, id, &stream);
+  grpc::Status status = ResolveRequestId(request, &id);
+  call->SetId(id);
   if (!status.ok()) return status;
+  std::shared_ptr<RequestStream> stream;
+  status = StartRequest(call->kind(), request, id, &stream);
+  if (!status.ok()) return status;
+  call->Accepted(RequestFormat(request));
 
   GenerationEvent event;
   while (true) {
     if (!NextEvent(context, stream.get(), &event)) {
-      return AbandonRequest(context, stream.get(), "stream", id);
+      return AbandonRequest(context, stream.get(), call);
     }
+    call->OnEvent(event);
     if (!event.finished && event.token_ids.empty() && event.text.empty()) continue;
     v1::GenerateStreamResponse chunk;
     chunk.set_request_id(id);
@@ -240,14 +327,19 @@ grpc::Status GenerationServiceImpl::GenerateStream(
     }
     const bool written = writer->Write(chunk);
     if (event.finished) {
-      LogFinished("stream", id, event);
       // The final chunk already says FINISH_REASON_ERROR; the status carries the message.
       if (event.finish_reason == FinishReason::kError) return GenerationError(event);
       return written ? grpc::Status::OK
                      : grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
     }
-    if (!written) return AbandonRequest(context, stream.get(), "stream", id);
+    if (!written) return AbandonRequest(context, stream.get(), call);
   }
+}
+
+std::string GenerationServiceImpl::RequestFormat(const v1::GenerateRequest& request) const {
+  const v1::KvCacheConfig& kv = request.kv_cache();
+  if (metrics_ != nullptr) return metrics_->RequestFormat(kv.method(), kv.k_bits(), kv.v_bits());
+  return kv.method().empty() ? default_kv_method_ : kv.method();
 }
 
 grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,

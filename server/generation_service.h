@@ -1,5 +1,6 @@
 // squat.v1.GenerationService on the synchronous gRPC API. Handler threads only move
-// events from the engine's per-request streams to the wire; they never touch tensors.
+// events from the engine's per-request streams to the wire; they never touch tensors. Every
+// generation call, however it ends, logs one last line and feeds the request metrics once.
 #pragma once
 
 #include <atomic>
@@ -8,10 +9,13 @@
 #include <grpcpp/grpcpp.h>
 
 #include "runtime/engine.h"
+#include "server/metrics.h"
 #include "server/request_validation.h"
 #include "squat/v1/generation.grpc.pb.h"
 
 namespace squat::server {
+
+class CallRecord;  // generation_service.cpp
 
 class GenerationServiceImpl final : public v1::GenerationService::Service {
  public:
@@ -23,6 +27,10 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
   void AttachEngine(Engine* engine, const ModelDescription& description);
   // From now on new generation calls get UNAVAILABLE "server is draining".
   void BeginDraining();
+  // Request-level metrics (not owned; must outlive the service). Set before serving.
+  void SetMetrics(ServerMetrics* metrics) { metrics_ = metrics; }
+  // Text prompts above this many bytes get INVALID_ARGUMENT (0: no limit). Set before serving.
+  void SetMaxPromptBytes(int64_t bytes) { limits_.max_prompt_bytes = bytes; }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -40,6 +48,13 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
   grpc::Status StartRequest(const char* kind, const v1::GenerateRequest& request,
                             const std::string& request_id,
                             std::shared_ptr<RequestStream>* stream) const;
+  // The `format` label of the request's KV cache (its override over the server default).
+  std::string RequestFormat(const v1::GenerateRequest& request) const;
+  grpc::Status RunGenerate(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                           v1::GenerateResponse* response, CallRecord* call);
+  grpc::Status RunGenerateStream(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                                 grpc::ServerWriter<v1::GenerateStreamResponse>* writer,
+                                 CallRecord* call);
 
   const int32_t default_max_tokens_;
   // Written by AttachEngine before engine_ is published (release/acquire on engine_).
@@ -47,6 +62,7 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
   std::string default_kv_method_;
   std::atomic<Engine*> engine_{nullptr};
   std::atomic<bool> draining_{false};
+  ServerMetrics* metrics_ = nullptr;
 };
 
 }  // namespace squat::server
