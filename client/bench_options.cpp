@@ -103,7 +103,8 @@ Setter Range(const char* flag, int64_t minimum, IntRange BenchOptions::*field) {
 }
 
 const std::vector<FlagSpec>& Flags() {
-  static const std::vector<FlagSpec> flags = {
+  static const std::vector<FlagSpec> flags = [] {
+    std::vector<FlagSpec> table = {
       {"address", false, "server host:port (default 127.0.0.1:50051)",
        String(&BenchOptions::address)},
       {"concurrency", false, "streams in flight at most (default 8)",
@@ -171,7 +172,14 @@ const std::vector<FlagSpec>& Flags() {
        Bool("allow-errors", &BenchOptions::allow_errors)},
       {"quiet", true, "print no table", Bool("quiet", &BenchOptions::quiet)},
       {"help", true, "show this help", Bool("help", &BenchOptions::help)},
-  };
+    };
+    for (const client::SecurityFlag& flag : client::SecurityFlags()) {
+      table.push_back({flag.name, flag.is_bool, flag.help, [set = flag.set](BenchOptions* o, absl::string_view v) {
+                         return set(&o->security, v);
+                       }});
+    }
+    return table;
+  }();
   return flags;
 }
 
@@ -218,6 +226,7 @@ absl::StatusOr<BenchOptions> ParseBenchArgs(int argc, const char* const* argv) {
     }
     if (absl::Status status = flag->set(&options, *value); !status.ok()) return status;
   }
+  if (absl::Status status = client::ValidateChannelSecurity(options.security); !status.ok()) return status;
   return options;
 }
 

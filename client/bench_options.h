@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/channel_security.h"
 
 namespace squat::bench {
 
@@ -36,6 +37,7 @@ struct BenchOptions {
   bool ignore_eos = true;     // lengths under the benchmark's control, not the model's
   uint64_t seed = 0;
   double timeout_s = 0;       // per-request deadline; 0: none
+  client::ChannelSecurity security;  // TLS, mutual TLS, bearer token
   std::string json_path;      // write the summary here ("-": stdout)
   bool json_requests = false;  // include every request's record in the JSON
   bool allow_errors = false;  // exit 0 even when requests failed unexpectedly

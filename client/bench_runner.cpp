@@ -173,8 +173,9 @@ RequestRecord RunOne(const BenchOptions& options, const RequestSpec& spec,
 RunResult RunWorkload(const BenchOptions& options, const std::vector<RequestSpec>& specs) {
   RunResult result;
   result.records.resize(specs.size());
+  // FetchModelInfo already built this channel once, so its files are readable.
   const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
+      client::CreateClientChannel(options.address, options.security).value();
   std::unique_ptr<v1::GenerationService::Stub> stub = v1::GenerationService::NewStub(channel);
 
   // Each worker takes the next request in order and, in open loop, waits for its arrival

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -24,8 +25,15 @@ void SetDeadline(double timeout_s, grpc::ClientContext* context) {
                             std::chrono::duration<double>(timeout_s)));
 }
 
+// An unreadable certificate, key or token file is a usage error (exit 2), like a bad flag.
 std::shared_ptr<grpc::Channel> Connect(const CliOptions& options) {
-  return grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      client::CreateClientChannel(options.address, options.security);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "squat-cli: %s\n", std::string(channel.status().message()).c_str());
+    std::exit(2);
+  }
+  return *std::move(channel);
 }
 
 v1::GenerateRequest BuildGenerateRequest(const CliOptions& o) {

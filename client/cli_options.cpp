@@ -97,7 +97,8 @@ absl::Status AppendIdList(const char* flag, absl::string_view v, std::vector<int
 }
 
 const std::vector<FlagSpec>& Flags() {
-  static const std::vector<FlagSpec> flags = {
+  static const std::vector<FlagSpec> flags = [] {
+    std::vector<FlagSpec> table = {
       {"address", false, "server host:port (default 127.0.0.1:50051)", String(&CliOptions::address)},
       {"timeout-s", false, "call deadline in seconds (default: none; health: 5)",
        [](CliOptions* o, absl::string_view v) {
@@ -170,7 +171,14 @@ const std::vector<FlagSpec>& Flags() {
        Unsigned("cancel-after-tokens", &CliOptions::cancel_after_tokens)},
       {"service", false, "health: service name to check (default: the whole server)",
        String(&CliOptions::service)},
-  };
+    };
+    for (const client::SecurityFlag& flag : client::SecurityFlags()) {
+      table.push_back({flag.name, flag.is_bool, flag.help, [set = flag.set](CliOptions* o, absl::string_view v) {
+                         return set(&o->security, v);
+                       }});
+    }
+    return table;
+  }();
   return flags;
 }
 
@@ -264,6 +272,7 @@ absl::StatusOr<CliOptions> ParseCliArgs(int argc, const char* const* argv) {
     }
   }
   if (absl::Status status = CheckCommandArguments(options); !status.ok()) return status;
+  if (absl::Status status = client::ValidateChannelSecurity(options.security); !status.ok()) return status;
   return options;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/channel_security.h"
 
 namespace squat::cli {
 
@@ -20,6 +21,7 @@ struct CliOptions {
   std::string address = "127.0.0.1:50051";
   double timeout_s = 0;  // 0: no deadline
   bool json = false;
+  client::ChannelSecurity security;  // TLS, mutual TLS, bearer token
 
   // Generation.
   std::optional<std::vector<int32_t>> token_ids;

@@ -28,8 +28,13 @@ std::string CodeName(const grpc::Status& status) {
 // The model facts the workload needs; also proves the server is there before the run
 // (fails fast when nothing listens: wait for health first).
 bool FetchModelInfo(const BenchOptions& options, squat::v1::ModelInfo* info) {
-  auto stub = squat::v1::GenerationService::NewStub(
-      grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials()));
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      squat::client::CreateClientChannel(options.address, options.security);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "squat-bench: %s\n", std::string(channel.status().message()).c_str());
+    return false;
+  }
+  auto stub = squat::v1::GenerationService::NewStub(*channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + kModelInfoTimeout);
   const grpc::Status status = stub->GetModelInfo(&context, squat::v1::GetModelInfoRequest(), info);

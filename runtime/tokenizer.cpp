@@ -124,6 +124,16 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const Json& roo
   tokenizer->normalized_matcher_ =
       std::make_unique<AddedTokenMatcher>(std::move(normalized_patterns));
   tokenizer->vocab_size_ = max_id + 1;
+  // The template's ids go to the model like any other: each must name a token (found by
+  // fuzzing: a template id outside the vocabulary reached Encode's output).
+  if (tokenizer->post_processor_) {
+    for (int32_t id : tokenizer->post_processor_->Process({})) {
+      if (tokenizer->FindAdded(id) == nullptr && tokenizer->model_->IdToToken(id) == nullptr) {
+        return SpecError("post_processor",
+                         "special token id " + std::to_string(id) + " is not in the vocabulary");
+      }
+    }
+  }
   return tokenizer;
 }
 

@@ -12,6 +12,8 @@ namespace squat::tokenizer_internal {
 namespace {
 
 constexpr std::string_view kWhere = "model BPE";
+// Holes allowed in the vocab's ids beyond twice its size (added tokens may fill them).
+constexpr int64_t kMaxVocabIdSlack = 1024;
 
 // Splits one merges entry ("a b" or ["a", "b"]) into its two tokens.
 absl::StatusOr<std::pair<std::string, std::string>> MergeParts(const Json& entry, size_t rank) {
@@ -64,6 +66,13 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const Json& model) 
     int32_t value = id.get<int32_t>();
     bpe->vocab_[token] = value;
     max_id = std::max(max_id, value);
+  }
+  // The id table below is dense: ids far beyond the number of entries mean a corrupt file, and
+  // would make it huge (found by fuzzing: one id of 1.6e9 asked for 51 GB).
+  const int64_t entries = static_cast<int64_t>(bpe->vocab_.size());
+  if (int64_t{max_id} + 1 > 2 * entries + kMaxVocabIdSlack) {
+    return SpecError(kWhere, "vocab ids are too sparse: the largest is " + std::to_string(max_id) + " for " +
+                                 std::to_string(entries) + " entries");
   }
   bpe->id_to_token_.assign(max_id + 1, std::string());
   bpe->id_present_.assign(max_id + 1, false);

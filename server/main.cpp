@@ -1,5 +1,5 @@
 // squat-server: loads the model, serves squat.v1.GenerationService, grpc.health.v1 and
-// reflection, and drains gracefully on SIGTERM / SIGINT.
+// reflection, exports Prometheus metrics, and drains gracefully on SIGTERM / SIGINT.
 #include <signal.h>
 
 #include <chrono>
@@ -9,14 +9,25 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpc/support/log.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "runtime/engine.h"
+#include "runtime/log.h"
 #include "server/generation_service.h"
+#include "server/memory_budget.h"
+#include "server/server_flags_security.h"
+#include "server/tls_options.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/server_flags.h"
 #include "server/shutdown_signal.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
-#include "spdlog/spdlog.h"
+
+#ifndef SQUAT_VERSION
+#define SQUAT_VERSION "unknown"
+#endif
 
 namespace squat::server {
 namespace {
@@ -33,12 +44,36 @@ void SetServing(grpc::Server* server, bool serving) {
   health->SetServingStatus(kServiceName, serving);
 }
 
-void SetUpLogging(const std::string& level) {
-  auto logger = spdlog::stderr_color_mt("squat-server");
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
-  spdlog::set_level(spdlog::level::from_str(level));
-  spdlog::flush_on(spdlog::level::info);
+// gRPC's own lines (errors only, unless GRPC_VERBOSITY says otherwise) go through our logger,
+// so that a JSON log stays one object per line.
+void LogFromGrpc(gpr_log_func_args* args) {
+  const log::Fields fields = {{"source", "grpc"}, {"file", args->file}, {"line", args->line}};
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+    log::Error(args->message, fields);
+  } else if (args->severity == GPR_LOG_SEVERITY_INFO) {
+    log::Info(args->message, fields);
+  } else {
+    log::Debug(args->message, fields);
+  }
+}
+
+// The /metrics endpoint, or null when disabled or (for the default port only) not bindable.
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> StartMetrics(const ServerConfig& config,
+                                                                const ServerMetrics* metrics) {
+  if (config.metrics_port == 0) {
+    log::Info("metrics endpoint disabled (--metrics-port 0)");
+    return nullptr;
+  }
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> exporter = MetricsHttpServer::Start(
+      config.metrics_address, config.metrics_port, [metrics] { return metrics->ScrapeText(); });
+  if (exporter.ok()) {
+    log::Info(absl::StrCat("serving metrics on ", (*exporter)->url()));
+    return exporter;
+  }
+  if (config.metrics_port_required) return exporter.status();
+  log::Warn(absl::StrCat(exporter.status().message(),
+                         "; running without a metrics endpoint (pass --metrics-port to choose one)"));
+  return nullptr;
 }
 
 int Run(int argc, char** argv) {
@@ -48,64 +83,109 @@ int Run(int argc, char** argv) {
     std::fprintf(stderr, "squat-server: %s\n", std::string(parsed.status().message()).c_str());
     return 2;
   }
+  absl::StatusOr<SecurityOptions> security = ReadSecurityFlags();
+  if (!security.ok()) {
+    std::fprintf(stderr, "squat-server: %s\n", std::string(security.status().message()).c_str());
+    return 2;
+  }
+  parsed->engine.max_prompt_tokens = security->max_prompt_tokens;
   const ServerConfig& config = *parsed;
-  SetUpLogging(config.log_level);
-  spdlog::info("squat-server starting: model={} address={} device={} dtype={} kv_format={}",
-               config.engine.model_dir, config.address, config.engine.device,
-               config.engine.dtype, config.engine.kv_format);
+  log::Configure(config.log_format, config.log_level);
+  gpr_set_log_function(LogFromGrpc);
+  log::Info("squat-server starting",
+            {{"version", SQUAT_VERSION},
+             {"model", config.engine.model_dir},
+             {"address", config.address},
+             {"device", config.engine.device},
+             {"dtype", config.engine.dtype},
+             {"kv_format", config.engine.kv_format}});
+
+  // Metrics are served from the start; the engine's gauges appear once the model is loaded.
+  auto metrics = std::make_unique<ServerMetrics>(config.engine.kv_format, config.engine.kv_k_bits,
+                                                 config.engine.kv_v_bits);
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> exporter = StartMetrics(config, metrics.get());
+  if (!exporter.ok()) {
+    log::Error(std::string(exporter.status().message()));
+    return 1;
+  }
+  EngineOptions engine_options = config.engine;
+  engine_options.observer = metrics.get();
 
   // The server listens (health NOT_SERVING) while the model loads.
   GenerationServiceImpl service(config.engine.max_tokens_limit, config.engine.default_max_tokens);
+  service.SetMetrics(metrics.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &bound_port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = BuildServerCredentials(*security);
+  if (!credentials.ok()) {
+    log::Error(absl::StrCat("cannot set up transport security: ", credentials.status().message()));
+    return 1;
+  }
+  builder.AddListeningPort(config.address, *credentials, &bound_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(security->max_message_bytes));
+  service.SetMaxPromptBytes(security->max_prompt_bytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
-    spdlog::error("cannot listen on {}", config.address);
+    log::Error(absl::StrCat("cannot listen on ", config.address));
     return 1;
   }
   SetServing(server.get(), false);
-  spdlog::info("listening on {} (port {}); loading the model", config.address, bound_port);
+  log::Info(absl::StrCat("listening on ", config.address, " (port ", bound_port, "); loading the model"));
 
   const auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<Engine>> created = Engine::Create(config.engine);
+  // Refuse a model that cannot fit before allocating any of it.
+  if (absl::Status fits = CheckMemoryBudget(config.engine, security->max_memory_bytes); !fits.ok()) {
+    log::Error(absl::StrCat("cannot start the engine for ", config.engine.model_dir, ": ", fits.ToString()));
+    server->Shutdown();
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> created = absl::InternalError("not started");
+  try {
+    created = Engine::Create(engine_options);
+  } catch (const std::exception& e) {  // e.g. bad_alloc: exit 1 with a message, not an abort
+    created = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
+  }
   if (!created.ok()) {
-    spdlog::error("cannot start the engine for {}: {}", config.engine.model_dir,
-                  created.status().ToString());
+    log::Error(absl::StrCat("cannot start the engine for ", config.engine.model_dir, ": ",
+                            created.status().ToString()));
     server->Shutdown();
     return 1;
   }
   std::unique_ptr<Engine> engine = *std::move(created);
   ModelDescription description = engine->Describe();
+  metrics->AttachEngine(engine.get(), description, SQUAT_VERSION);
   service.AttachEngine(engine.get(), description);
   SetServing(server.get(), true);
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  spdlog::info("serving {} on {}: {} layers, vocab {}, max_model_len {}, dtype {}, device {}, "
-               "loaded in {:.2f}s",
-               description.model_name, config.address, description.num_layers,
-               description.vocab_size, description.max_model_len, description.dtype,
-               description.device, load_seconds);
+  log::Info(absl::StrFormat("serving %s on %s: %d layers, vocab %d, max_model_len %d, dtype %s, "
+                            "device %s, loaded in %.2fs",
+                            description.model_name, config.address, description.num_layers,
+                            description.vocab_size, description.max_model_len, description.dtype,
+                            description.device, load_seconds));
 
   const int signal_number = WaitForShutdownSignal();
   ExitOnSecondSignal();
   SetServing(server.get(), false);
   service.BeginDraining();
   engine->StopAccepting();
-  spdlog::info("received {}: health NOT_SERVING, new requests refused; draining (up to {}s)",
-               signal_number == SIGTERM ? "SIGTERM" : "SIGINT", config.drain_timeout_s);
+  log::Info(absl::StrCat("received ", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+                         ": health NOT_SERVING, new requests refused; draining (up to ",
+                         config.drain_timeout_s, "s)"));
   if (engine->WaitIdle(std::chrono::seconds(config.drain_timeout_s))) {
-    spdlog::info("drained: no request left");
+    log::Info("drained: no request left");
   } else {
-    spdlog::warn("drain timeout after {}s; cancelling the requests left", config.drain_timeout_s);
+    log::Warn(absl::StrCat("drain timeout after ", config.drain_timeout_s,
+                           "s; cancelling the requests left"));
   }
   server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
   engine->Shutdown();
   server->Wait();
-  spdlog::info("squat-server stopped");
+  metrics->DetachEngine();  // scrapes stop reading the engine before it is destroyed
+  log::Info("squat-server stopped");
   return 0;
 }
 

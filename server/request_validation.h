@@ -13,9 +13,16 @@ namespace squat::server {
 struct RequestLimits {
   int32_t max_tokens_limit = 0;
   std::vector<std::string> kv_methods;  // the formats this engine serves
+  int64_t max_prompt_bytes = 0;         // text prompts longer than this are refused; 0: no limit
 };
 
-// Empty prompt, max_tokens above the limit, unknown kv_cache.method.
+// Per-request bounds on what the stop-matching work may cost every decoded token.
+inline constexpr int kMaxStopStrings = 64;
+inline constexpr size_t kMaxStopStringBytes = 1024;
+inline constexpr int kMaxStopTokenIds = 1024;
+
+// Empty prompt, text prompt above max_prompt_bytes, max_tokens above the limit, too many or
+// too long stop strings, too many stop token ids, unknown kv_cache.method.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits);
 

@@ -13,7 +13,7 @@
 #include "absl/strings/str_replace.h"
 #include "spdlog/spdlog.h"
 
-ABSL_FLAG(std::string, model, "models/default", "Model directory (config.json, safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, model, "models/tiny-english", "Model directory (config.json, safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, address, "127.0.0.1:50051", "host:port to listen on");
 ABSL_FLAG(std::string, device, "cpu", "Device: cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "auto", "Weight dtype: auto, float32, float16, bfloat16");
@@ -28,7 +28,11 @@ ABSL_FLAG(int32_t, kv_subspace_dim, 60, "r: rank of the SQuat query subspace");
 ABSL_FLAG(double, kv_lambda, 1e-3, "lambda: weight of the SQuat subspace penalty");
 ABSL_FLAG(bool, kv_shared_subspace, false,
           "Share one SQuat subspace (from the first prompt) across requests instead of one per request");
-ABSL_FLAG(int64_t, kv_pool_mib, 1024, "KV page pool size in MiB (one allocation at start)");
+ABSL_FLAG(int64_t, kv_pool_mib, 0,
+          "KV page pool size in MiB (one allocation at start); 0: 1024 on CPU, the --gpu-memory-utilization "
+          "share on CUDA");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "CUDA: share of the GPU's memory for weights + workspace + KV pool (the pool gets the rest)");
 ABSL_FLAG(int32_t, max_model_len, 0, "Max tokens per sequence; 0: the model's max_position_embeddings");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens of a request that leaves it 0");
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "Requests asking for more tokens are rejected");
@@ -39,6 +43,12 @@ ABSL_FLAG(int32_t, max_num_batched_tokens, 2048,
 ABSL_FLAG(int32_t, max_prefill_chunk, 512, "Prompt tokens one sequence feeds per step (longer prompts take several)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds to let in-flight requests finish on SIGTERM");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines as text, or json (one object per line with time, level, msg, request_id, ...)");
+ABSL_FLAG(int32_t, metrics_port, 8000,
+          "Port of the Prometheus /metrics endpoint; 0: no endpoint. If the default port is taken the "
+          "server warns and runs without it; an explicitly given port that cannot be bound is an error");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address the /metrics endpoint listens on");
 
 namespace squat::server {
 namespace {
@@ -59,6 +69,17 @@ std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
     arg = absl::StrCat(arg.substr(0, dashes), name, arg.substr(name_end));
   }
   return args;
+}
+
+// Whether the normalized command line sets flag `name` (absl keeps that to itself).
+bool FlagOnCommandLine(const std::vector<std::string>& args, const std::string& name) {
+  for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
+    for (const char* dashes : {"-", "--"}) {
+      const std::string spelled = absl::StrCat(dashes, name);
+      if (args[i] == spelled || absl::StartsWith(args[i], spelled + "=")) return true;
+    }
+  }
+  return false;
 }
 
 bool IsValidLogLevel(const std::string& level) {
@@ -93,6 +114,20 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   config.address = absl::GetFlag(FLAGS_address);
   config.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   config.log_level = absl::GetFlag(FLAGS_log_level);
+  const std::string log_format = absl::GetFlag(FLAGS_log_format);
+  if (!log::ParseFormat(log_format, &config.log_format)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--log-format '", log_format, "' is not one of text, json"));
+  }
+  config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  config.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  config.metrics_port_required = FlagOnCommandLine(args, "metrics_port");
+  if (config.metrics_port < 0 || config.metrics_port > 65535) {
+    return absl::InvalidArgumentError("--metrics-port must be in [0, 65535] (0: no endpoint)");
+  }
+  if (config.metrics_port != 0 && config.metrics_address.empty()) {
+    return absl::InvalidArgumentError("--metrics-address is empty");
+  }
   EngineOptions& engine = config.engine;
   engine.model_dir = absl::GetFlag(FLAGS_model);
   engine.device = absl::GetFlag(FLAGS_device);
@@ -106,7 +141,16 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   engine.kv_subspace_dim = absl::GetFlag(FLAGS_kv_subspace_dim);
   engine.kv_lambda = absl::GetFlag(FLAGS_kv_lambda);
   engine.kv_shared_subspace = absl::GetFlag(FLAGS_kv_shared_subspace);
-  if (absl::GetFlag(FLAGS_kv_pool_mib) <= 0) return absl::InvalidArgumentError("--kv-pool-mib must be > 0");
+  if (absl::GetFlag(FLAGS_kv_pool_mib) < 0) return absl::InvalidArgumentError("--kv-pool-mib must be >= 0");
+  const double utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+  if (!(utilization > 0 && utilization <= 1)) {
+    return absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]");
+  }
+  engine.gpu_memory_utilization = utilization;
+  // The shift below must not overflow (2^43 MiB = 8 EiB; no machine has that).
+  if (absl::GetFlag(FLAGS_kv_pool_mib) > (int64_t{1} << 42)) {
+    return absl::InvalidArgumentError("--kv-pool-mib is larger than any memory (at most 2^42)");
+  }
   engine.kv_pool_bytes = absl::GetFlag(FLAGS_kv_pool_mib) << 20;
   engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   engine.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);

@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
+#include "runtime/log.h"
 
 namespace squat::server {
 
@@ -13,6 +14,12 @@ struct ServerConfig {
   std::string address;
   int32_t drain_timeout_s = 30;
   std::string log_level;
+  log::Format log_format = log::Format::kText;
+  // Prometheus /metrics; port 0: no exporter. A port given on the command line must bind
+  // (else the server exits); the default port is best effort (a warning if it is taken).
+  std::string metrics_address;
+  int32_t metrics_port = 0;
+  bool metrics_port_required = false;
 };
 
 // Parses argv (both --kv-format and --kv_format spellings are accepted) and validates the

