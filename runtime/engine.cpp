@@ -345,6 +345,9 @@ class EngineImpl : public Engine {
           scheduler_->Enqueue(std::move(incoming_.front()));
           incoming_.pop_front();
         }
+        // Submit counts incoming_ + scheduler_waiting_ against max_waiting: the requests just
+        // moved must stay counted while the step runs.
+        scheduler_waiting_ = scheduler_->num_waiting();
         busy_ = !scheduler_->empty();
       }
       const bool stopping = stopping_.load();
@@ -381,6 +384,12 @@ class EngineImpl : public Engine {
     const auto step_start = Clock::now();
     const int64_t preemptions_before = scheduler_->preemptions();
     StepPlan plan = scheduler_->Plan();
+    {
+      // Admissions leave the waiting count before this step streams any final event, so a
+      // client that submits again on its response is not refused by a stale count.
+      std::lock_guard<std::mutex> lock(mu_);
+      scheduler_waiting_ = scheduler_->num_waiting();
+    }
     if (options_.observer != nullptr && scheduler_->preemptions() > preemptions_before) {
       options_.observer->OnPreemptions(scheduler_->preemptions() - preemptions_before);
     }

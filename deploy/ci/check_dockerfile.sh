@@ -54,10 +54,11 @@ grep -qE '^option\(SQUAT_BUILD_TESTS ' "$root/CMakeLists.txt" || fail "CMakeList
 grep -qE -- '-DCMAKE_PREFIX_PATH=/opt/libtorch' <<< "$build_stage" || fail "the build must find LibTorch in /opt/libtorch"
 
 # Library packages of install_deps.sh (the -dev ones and the code generators), minus those
-# only tests use and Debian's CPU LibTorch (the image uses LibTorch with CUDA).
+# only tests use (the sanitizer runtime of the fuzz jobs among them) and Debian's CPU LibTorch
+# (the image uses LibTorch with CUDA).
 deps_packages=$(sed -n '/^packages=(/,/^)/p' "$root/tools/install_deps.sh" | sed 's/#.*//' | tr ' ' '\n' \
   | grep -E -- '(-dev|^protobuf-compiler(-grpc)?)$' \
-  | grep -vxE 'libtorch-dev|libgtest-dev|libgmock-dev|libbenchmark-dev' || true)
+  | grep -vxE 'libtorch-dev|libgtest-dev|libgmock-dev|libbenchmark-dev|libclang-rt-[0-9]+-dev' || true)
 [[ -n $deps_packages ]] || fail "no library packages found in tools/install_deps.sh"
 apt_line=$(grep -E 'apt-get install' <<< "$build_stage" || true)
 for package in $deps_packages; do
