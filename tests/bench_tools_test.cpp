@@ -105,7 +105,7 @@ TEST(ThroughputToolTest, MaxBatchFillsThePoolAndCompletes) {
   // Not more sequences than GetModelInfo's capacity allows, and enough to fill most of the pool.
   for (const json& c : r["capacity"]) {
     if (c["is_default"]) {
-      EXPECT_LE(batch, c["capacity_tokens"].get<int64_t>() / (prompt + gen));
+      EXPECT_LE(batch, c["capacity_tokens"].get<int64_t>() / StoredTokens(prompt, gen));
     }
   }
   EXPECT_GE(p["kv_pool"]["peak_used_pages"].get<double>(), 0.8 * p["kv_pool"]["total_pages"].get<double>());

@@ -333,10 +333,10 @@ int Run(const ThroughputOptions& o) {
       int64_t batch = choice.count;
       if (choice.max) {
         // gen depends on the batch (steady window), the batch on the sequence length: settle twice.
-        batch = EstimateMaxSequences(capacity, pool.page_bytes, pool.total_pages, prompt + o.gen_tokens);
+        batch = EstimateMaxSequences(capacity, pool.page_bytes, pool.total_pages, StoredTokens(prompt, o.gen_tokens));
         for (int i = 0; i < 2; ++i) {
           const int64_t gen = GenTokensFor(batch, prompt, o.gen_tokens, o.steady_window, limits, model_len);
-          batch = EstimateMaxSequences(capacity, pool.page_bytes, pool.total_pages, prompt + gen);
+          batch = EstimateMaxSequences(capacity, pool.page_bytes, pool.total_pages, StoredTokens(prompt, gen));
         }
         batch = std::min(batch, max_num_seqs);
       }

@@ -5,6 +5,10 @@
 
 namespace squat::bench {
 
+int64_t StoredTokens(int64_t prompt_tokens, int64_t gen_tokens) {
+  return prompt_tokens + std::max<int64_t>(0, gen_tokens - 1);
+}
+
 int64_t NaiveMaxSequences(const FormatCapacity& format, int64_t tokens_per_sequence) {
   if (tokens_per_sequence <= 0) return 0;
   return format.capacity_tokens / tokens_per_sequence;

@@ -13,6 +13,10 @@ struct FormatCapacity {
   int64_t capacity_tokens = 0;  // tokens one sequence alone can hold (its residual/state included)
 };
 
+// Tokens a sequence of prompt_tokens + gen_tokens holds in the KV pool at its largest: the last
+// sampled token finishes the request before any step writes its keys and values.
+int64_t StoredTokens(int64_t prompt_tokens, int64_t gen_tokens);
+
 // capacity_tokens / tokens_per_sequence: what GetModelInfo's figure suggests.
 int64_t NaiveMaxSequences(const FormatCapacity& format, int64_t tokens_per_sequence);
 
