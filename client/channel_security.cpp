@@ -13,15 +13,6 @@
 namespace squat::client {
 namespace {
 
-using Setter = std::function<absl::Status(ChannelSecurity*, absl::string_view)>;
-
-Setter Path(std::string ChannelSecurity::*field) {
-  return [field](ChannelSecurity* s, absl::string_view v) {
-    s->*field = std::string(v);
-    return absl::OkStatus();
-  };
-}
-
 absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& flag) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::FailedPreconditionError(absl::StrCat("--", flag, ": cannot read '", path, "'"));
@@ -46,26 +37,16 @@ absl::StatusOr<std::string> ReadToken(const ChannelSecurity& s) {
 const std::vector<SecurityFlag>& SecurityFlags() {
   static const std::vector<SecurityFlag> flags = {
       {"tls", true, "use TLS, verifying the server against the system's CA roots",
-       [](ChannelSecurity* s, absl::string_view v) {
-         const std::string lower = absl::AsciiStrToLower(v);
-         if (lower.empty() || lower == "true" || lower == "1") {
-           s->tls = true;
-         } else if (lower == "false" || lower == "0") {
-           s->tls = false;
-         } else {
-           return absl::InvalidArgumentError(absl::StrCat("--tls: '", v, "' is not true or false"));
-         }
-         return absl::OkStatus();
-       }},
-      {"tls-ca", false, "PEM CA bundle to verify the server with (implies TLS)", Path(&ChannelSecurity::ca_path)},
+       flags::Bool("tls", &ChannelSecurity::tls)},
+      {"tls-ca", false, "PEM CA bundle to verify the server with (implies TLS)", flags::String(&ChannelSecurity::ca_path)},
       {"tls-cert", false, "PEM client certificate for mutual TLS (implies TLS; with --tls-key)",
-       Path(&ChannelSecurity::cert_path)},
-      {"tls-key", false, "PEM private key of --tls-cert", Path(&ChannelSecurity::key_path)},
+       flags::String(&ChannelSecurity::cert_path)},
+      {"tls-key", false, "PEM private key of --tls-cert", flags::String(&ChannelSecurity::key_path)},
       {"tls-server-name", false, "server name to verify in its certificate (default: the address host)",
-       Path(&ChannelSecurity::server_name)},
-      {"auth-token", false, "bearer token sent on every call (needs TLS)", Path(&ChannelSecurity::auth_token)},
+       flags::String(&ChannelSecurity::server_name)},
+      {"auth-token", false, "bearer token sent on every call (needs TLS)", flags::String(&ChannelSecurity::auth_token)},
       {"auth-token-file", false, "file holding the bearer token (needs TLS)",
-       Path(&ChannelSecurity::auth_token_file)},
+       flags::String(&ChannelSecurity::auth_token_file)},
   };
   return flags;
 }

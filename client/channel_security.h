@@ -4,7 +4,6 @@
 // squat-bench share the flags and the channel construction.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/flag_table.h"
 
 namespace squat::client {
 
@@ -27,12 +27,7 @@ struct ChannelSecurity {
   bool uses_tls() const { return tls || !ca_path.empty() || !cert_path.empty(); }
 };
 
-struct SecurityFlag {
-  const char* name;  // without "--"
-  bool is_bool;
-  const char* help;
-  std::function<absl::Status(ChannelSecurity*, absl::string_view)> set;
-};
+using SecurityFlag = flags::FlagSpec<ChannelSecurity>;
 
 // The flags above, for each client's flag table.
 const std::vector<SecurityFlag>& SecurityFlags();

@@ -8,33 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/flag_table.h"
 
 namespace squat::cli {
 namespace {
 
-using Setter = std::function<absl::Status(CliOptions*, absl::string_view)>;
-
-struct FlagSpec {
-  const char* name;
-  bool is_bool;  // takes no value (or =true / =false)
-  const char* help;
-  Setter set;
-};
-
-absl::Status BadValue(absl::string_view flag, absl::string_view value, absl::string_view want) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("--", flag, ": '", value, "' is not ", want));
-}
-
-template <typename T>
-Setter Unsigned(const char* flag, T CliOptions::*field) {
-  return [flag, field](CliOptions* o, absl::string_view v) {
-    T parsed;
-    if (!absl::SimpleAtoi(v, &parsed)) return BadValue(flag, v, "a non-negative integer");
-    o->*field = parsed;
-    return absl::OkStatus();
-  };
-}
+using Flag = flags::FlagSpec<CliOptions>;
+using flags::BadValue;
+using flags::Setter;
 
 absl::StatusOr<float> ParseFloat(const char* flag, absl::string_view v) {
   float parsed;
@@ -42,43 +23,13 @@ absl::StatusOr<float> ParseFloat(const char* flag, absl::string_view v) {
   return parsed;
 }
 
-Setter Float(const char* flag, float CliOptions::*field) {
+// Any finite number, into a float or an optional float.
+template <typename Field>
+Setter<CliOptions> Float(const char* flag, Field CliOptions::*field) {
   return [flag, field](CliOptions* o, absl::string_view v) {
     absl::StatusOr<float> parsed = ParseFloat(flag, v);
     if (!parsed.ok()) return parsed.status();
     o->*field = *parsed;
-    return absl::OkStatus();
-  };
-}
-
-Setter OptionalFloat(const char* flag, std::optional<float> CliOptions::*field) {
-  return [flag, field](CliOptions* o, absl::string_view v) {
-    absl::StatusOr<float> parsed = ParseFloat(flag, v);
-    if (!parsed.ok()) return parsed.status();
-    o->*field = *parsed;
-    return absl::OkStatus();
-  };
-}
-
-absl::StatusOr<bool> ParseBool(const char* flag, absl::string_view v) {
-  const std::string lower = absl::AsciiStrToLower(v);
-  if (lower.empty() || lower == "true" || lower == "1" || lower == "yes") return true;
-  if (lower == "false" || lower == "0" || lower == "no") return false;
-  return BadValue(flag, v, "true or false");
-}
-
-Setter Bool(const char* flag, bool CliOptions::*field) {
-  return [flag, field](CliOptions* o, absl::string_view v) {
-    absl::StatusOr<bool> parsed = ParseBool(flag, v);
-    if (!parsed.ok()) return parsed.status();
-    o->*field = *parsed;
-    return absl::OkStatus();
-  };
-}
-
-Setter String(std::string CliOptions::*field) {
-  return [field](CliOptions* o, absl::string_view v) {
-    o->*field = std::string(v);
     return absl::OkStatus();
   };
 }
@@ -96,10 +47,10 @@ absl::Status AppendIdList(const char* flag, absl::string_view v, std::vector<int
   return absl::OkStatus();
 }
 
-const std::vector<FlagSpec>& Flags() {
-  static const std::vector<FlagSpec> flags = [] {
-    std::vector<FlagSpec> table = {
-      {"address", false, "server host:port (default 127.0.0.1:50051)", String(&CliOptions::address)},
+const std::vector<Flag>& Flags() {
+  static const std::vector<Flag> flags = [] {
+    std::vector<Flag> table = {
+      {"address", false, "server host:port (default 127.0.0.1:50051)", flags::String(&CliOptions::address)},
       {"timeout-s", false, "call deadline in seconds (default: none; health: 5)",
        [](CliOptions* o, absl::string_view v) {
          double parsed;
@@ -110,8 +61,8 @@ const std::vector<FlagSpec>& Flags() {
          return absl::OkStatus();
        }},
       {"json", true, "machine-readable output (proto JSON; one line per chunk for stream)",
-       Bool("json", &CliOptions::json)},
-      {"help", true, "show this help", Bool("help", &CliOptions::help)},
+       flags::Bool("json", &CliOptions::json)},
+      {"help", true, "show this help", flags::Bool("help", &CliOptions::help)},
       {"token-ids", false, "prompt as comma-separated token ids instead of text",
        [](CliOptions* o, absl::string_view v) {
          std::vector<int32_t> ids;
@@ -119,24 +70,19 @@ const std::vector<FlagSpec>& Flags() {
          if (status.ok()) o->token_ids = std::move(ids);
          return status;
        }},
-      {"request-id", false, "request id echoed in the server's logs", String(&CliOptions::request_id)},
+      {"request-id", false, "request id echoed in the server's logs", flags::String(&CliOptions::request_id)},
       {"add-special-tokens", true, "add BOS etc. to a text prompt (default true)",
-       [](CliOptions* o, absl::string_view v) {
-         absl::StatusOr<bool> parsed = ParseBool("add-special-tokens", v);
-         if (!parsed.ok()) return parsed.status();
-         o->add_special_tokens = *parsed;
-         return absl::OkStatus();
-       }},
+       flags::Bool("add-special-tokens", &CliOptions::add_special_tokens)},
       {"max-tokens", false, "tokens to generate at most (0: server default)",
-       Unsigned("max-tokens", &CliOptions::max_tokens)},
+       flags::IntAtLeast("max-tokens", 0, &CliOptions::max_tokens)},
       {"temperature", false, "0 = greedy (default 1.0)",
-       OptionalFloat("temperature", &CliOptions::temperature)},
-      {"top-k", false, "0 disables", Unsigned("top-k", &CliOptions::top_k)},
+       Float("temperature", &CliOptions::temperature)},
+      {"top-k", false, "0 disables", flags::IntAtLeast("top-k", 0, &CliOptions::top_k)},
       {"top-p", false, "nucleus sampling mass (default 1.0 = off)",
-       OptionalFloat("top-p", &CliOptions::top_p)},
+       Float("top-p", &CliOptions::top_p)},
       {"min-p", false, "0 disables", Float("min-p", &CliOptions::min_p)},
       {"repetition-penalty", false, "default 1.0 = off",
-       OptionalFloat("repetition-penalty", &CliOptions::repetition_penalty)},
+       Float("repetition-penalty", &CliOptions::repetition_penalty)},
       {"presence-penalty", false, "default 0", Float("presence-penalty", &CliOptions::presence_penalty)},
       {"frequency-penalty", false, "default 0",
        Float("frequency-penalty", &CliOptions::frequency_penalty)},
@@ -158,35 +104,24 @@ const std::vector<FlagSpec>& Flags() {
        [](CliOptions* o, absl::string_view v) {
          return AppendIdList("stop-token-ids", v, &o->stop_token_ids);
        }},
-      {"ignore-eos", true, "keep generating past EOS", Bool("ignore-eos", &CliOptions::ignore_eos)},
+      {"ignore-eos", true, "keep generating past EOS", flags::Bool("ignore-eos", &CliOptions::ignore_eos)},
       {"logprobs", false, "> 0: return each sampled token's log-probability",
-       Unsigned("logprobs", &CliOptions::logprobs)},
+       flags::IntAtLeast("logprobs", 0, &CliOptions::logprobs)},
       {"kv-method", false, "KV-cache format for this request (fp16, kivi, squat, squat-post)",
-       String(&CliOptions::kv_method)},
+       flags::String(&CliOptions::kv_method)},
       {"k-bits", false, "key bits for the KV format (0: server default)",
-       Unsigned("k-bits", &CliOptions::k_bits)},
+       flags::IntAtLeast("k-bits", 0, &CliOptions::k_bits)},
       {"v-bits", false, "value bits for the KV format (0: server default)",
-       Unsigned("v-bits", &CliOptions::v_bits)},
+       flags::IntAtLeast("v-bits", 0, &CliOptions::v_bits)},
       {"cancel-after-tokens", false, "stream: cancel the call after N tokens arrived",
-       Unsigned("cancel-after-tokens", &CliOptions::cancel_after_tokens)},
+       flags::IntAtLeast("cancel-after-tokens", 0, &CliOptions::cancel_after_tokens)},
       {"service", false, "health: service name to check (default: the whole server)",
-       String(&CliOptions::service)},
+       flags::String(&CliOptions::service)},
     };
-    for (const client::SecurityFlag& flag : client::SecurityFlags()) {
-      table.push_back({flag.name, flag.is_bool, flag.help, [set = flag.set](CliOptions* o, absl::string_view v) {
-                         return set(&o->security, v);
-                       }});
-    }
+    flags::AppendPartFlags(client::SecurityFlags(), &CliOptions::security, &table);
     return table;
   }();
   return flags;
-}
-
-const FlagSpec* FindFlag(absl::string_view name) {
-  for (const FlagSpec& flag : Flags()) {
-    if (name == flag.name) return &flag;
-  }
-  return nullptr;
 }
 
 bool IsCommand(absl::string_view name) {
@@ -236,30 +171,9 @@ absl::StatusOr<CliOptions> ParseCliArgs(int argc, const char* const* argv) {
       continue;
     }
     absl::string_view body = arg.substr(arg[1] == '-' ? 2 : 1);
-    absl::string_view name = body;
-    std::optional<absl::string_view> value;
-    if (const size_t eq = body.find('='); eq != absl::string_view::npos) {
-      name = body.substr(0, eq);
-      value = body.substr(eq + 1);
+    if (absl::Status status = flags::ApplyFlag(Flags(), body, argc, argv, &i, &options); !status.ok()) {
+      return status;
     }
-    std::string normalized(name);
-    for (char& ch : normalized) {
-      if (ch == '_') ch = '-';
-    }
-    const FlagSpec* flag = FindFlag(normalized);
-    if (flag == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "'"));
-    }
-    if (!value.has_value()) {
-      if (flag->is_bool) {
-        value = "";
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("--", flag->name, " needs a value"));
-      }
-    }
-    if (absl::Status status = flag->set(&options, *value); !status.ok()) return status;
   }
   if (options.help) return options;
 
@@ -288,10 +202,7 @@ std::string UsageText() {
       "  health            print SERVING or NOT_SERVING\n"
       "\n"
       "flags:\n";
-  for (const FlagSpec& flag : Flags()) {
-    absl::StrAppend(&text, "  --", flag.name, flag.is_bool ? "" : "=VALUE", "\n      ", flag.help,
-                    "\n");
-  }
+  absl::StrAppend(&text, flags::FlagHelp(Flags()));
   absl::StrAppend(&text,
                   "\nA failed call prints 'error: CODE: message' and exits 1; usage errors exit 2.\n");
   return text;

@@ -10,92 +10,33 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/flag_table.h"
 
 namespace squat::bench {
 namespace {
 
-using Apply = std::function<absl::Status(ThroughputOptions*, absl::string_view)>;
-
-struct Flag {
-  const char* name;
-  bool is_bool;
-  const char* help;
-  Apply apply;
-};
-
-absl::Status Invalid(absl::string_view flag, absl::string_view value, absl::string_view want) {
-  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", value, "' is not ", want));
-}
+using Flag = flags::FlagSpec<ThroughputOptions>;
+using flags::BadValue;
 
 absl::StatusOr<std::vector<int64_t>> PositiveList(absl::string_view flag, absl::string_view value) {
   std::vector<int64_t> out;
   for (absl::string_view piece : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
     int64_t n;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(piece), &n) || n <= 0) {
-      return Invalid(flag, value, "a comma list of positive integers");
+      return BadValue(flag, value, "a comma list of positive integers");
     }
     out.push_back(n);
   }
-  if (out.empty()) return Invalid(flag, value, "a comma list of positive integers");
+  if (out.empty()) return BadValue(flag, value, "a comma list of positive integers");
   return out;
-}
-
-Apply Int64(const char* flag, int64_t minimum, int64_t ThroughputOptions::*field) {
-  return [=](ThroughputOptions* o, absl::string_view v) {
-    int64_t n;
-    if (!absl::SimpleAtoi(v, &n) || n < minimum) return Invalid(flag, v, absl::StrCat("an integer >= ", minimum));
-    o->*field = n;
-    return absl::OkStatus();
-  };
-}
-
-Apply Int32(const char* flag, int32_t ThroughputOptions::*field) {
-  return [=](ThroughputOptions* o, absl::string_view v) {
-    int32_t n;
-    if (!absl::SimpleAtoi(v, &n) || n < 0) return Invalid(flag, v, "an integer >= 0");
-    o->*field = n;
-    return absl::OkStatus();
-  };
-}
-
-Apply Real(const char* flag, double minimum, double maximum, double ThroughputOptions::*field) {
-  return [=](ThroughputOptions* o, absl::string_view v) {
-    double x;
-    if (!absl::SimpleAtod(v, &x) || !std::isfinite(x) || x < minimum || x > maximum) {
-      return Invalid(flag, v, absl::StrCat("a number in [", minimum, ", ", maximum, "]"));
-    }
-    o->*field = x;
-    return absl::OkStatus();
-  };
-}
-
-Apply Text(std::string ThroughputOptions::*field) {
-  return [=](ThroughputOptions* o, absl::string_view v) {
-    o->*field = std::string(v);
-    return absl::OkStatus();
-  };
-}
-
-Apply Bool(const char* flag, bool ThroughputOptions::*field) {
-  return [=](ThroughputOptions* o, absl::string_view v) {
-    const std::string lower = absl::AsciiStrToLower(v);
-    if (lower.empty() || lower == "true" || lower == "1") {
-      o->*field = true;
-    } else if (lower == "false" || lower == "0") {
-      o->*field = false;
-    } else {
-      return Invalid(flag, v, "true or false");
-    }
-    return absl::OkStatus();
-  };
 }
 
 const std::vector<Flag>& Flags() {
   static const std::vector<Flag> flags = {
-      {"model", false, "checkpoint directory (required)", Text(&ThroughputOptions::model_dir)},
-      {"device", false, "cpu or cuda[:N] (default cpu)", Text(&ThroughputOptions::device)},
+      {"model", false, "checkpoint directory (required)", flags::String(&ThroughputOptions::model_dir)},
+      {"device", false, "cpu or cuda[:N] (default cpu)", flags::String(&ThroughputOptions::device)},
       {"dtype", false, "weight dtype: auto, float32, float16, bfloat16 (default auto)",
-       Text(&ThroughputOptions::dtype)},
+       flags::String(&ThroughputOptions::dtype)},
       {"format", false, "KV format: fp16, kivi-2, squat-2, squat-post-4, squat-k4v2, ... (default squat-2)",
        [](ThroughputOptions* o, absl::string_view v) {
          auto parsed = ParseFormatChoice(std::string(v));
@@ -104,19 +45,19 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"kv-pool-mib", false, "KV page pool size in MiB (default: the engine's)",
-       Int64("kv-pool-mib", 1, &ThroughputOptions::kv_pool_mib)},
+       flags::IntAtLeast("kv-pool-mib", 1, &ThroughputOptions::kv_pool_mib)},
       {"gpu-memory-utilization", false,
        "size the pool to this share of the GPU (only where the engine has the option; see --capabilities)",
-       Real("gpu-memory-utilization", 0.01, 1.0, &ThroughputOptions::gpu_memory_utilization)},
+       flags::RealIn("gpu-memory-utilization", 0.01, 1.0, &ThroughputOptions::gpu_memory_utilization)},
       {"max-num-batched-tokens", false, "engine: tokens per step (default: the engine's)",
-       Int32("max-num-batched-tokens", &ThroughputOptions::max_num_batched_tokens)},
+       flags::IntAtLeast("max-num-batched-tokens", 0, &ThroughputOptions::max_num_batched_tokens)},
       {"max-prefill-chunk", false, "engine: prompt tokens per sequence per step (default: the engine's)",
-       Int32("max-prefill-chunk", &ThroughputOptions::max_prefill_chunk)},
+       flags::IntAtLeast("max-prefill-chunk", 0, &ThroughputOptions::max_prefill_chunk)},
       {"max-model-len", false, "engine: longest sequence (default: the model's)",
-       Int32("max-model-len", &ThroughputOptions::max_model_len)},
+       flags::IntAtLeast("max-model-len", 0, &ThroughputOptions::max_model_len)},
       {"max-num-seqs", false,
        "engine: running sequences at most (default: the largest batch; 2048 when --batches has 'max')",
-       Int64("max-num-seqs", 1, &ThroughputOptions::max_num_seqs)},
+       flags::IntAtLeast("max-num-seqs", 1, &ThroughputOptions::max_num_seqs)},
       {"batches", false, "batch sizes to sweep, e.g. 1,8,32,max ('max': the most the pool is estimated to hold)",
        [](ThroughputOptions* o, absl::string_view v) {
          o->batches.clear();
@@ -126,11 +67,11 @@ const std::vector<Flag>& Flags() {
            if (piece == "max") {
              choice.max = true;
            } else if (!absl::SimpleAtoi(piece, &choice.count) || choice.count <= 0) {
-             return Invalid("batches", v, "a comma list of positive integers or 'max'");
+             return BadValue("batches", v, "a comma list of positive integers or 'max'");
            }
            o->batches.push_back(choice);
          }
-         if (o->batches.empty()) return Invalid("batches", v, "a non-empty list");
+         if (o->batches.empty()) return BadValue("batches", v, "a non-empty list");
          return absl::OkStatus();
        }},
       {"prompt-tokens", false, "prompt length(s), comma list, swept outermost (default 160)",
@@ -141,11 +82,11 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"gen-tokens", false, "tokens generated per sequence, EOS ignored (default 338)",
-       Int64("gen-tokens", 1, &ThroughputOptions::gen_tokens)},
+       flags::IntAtLeast("gen-tokens", 1, &ThroughputOptions::gen_tokens)},
       {"steady-window", false,
        "generate more tokens when needed so that every sequence decodes about this many steps after the "
        "last prompt is in (0: exactly --gen-tokens)",
-       Int64("steady-window", 0, &ThroughputOptions::steady_window)},
+       flags::IntAtLeast("steady-window", 0, &ThroughputOptions::steady_window)},
       {"capacity-contexts", false,
        "sequence lengths for the capacity table (default: prompt + generated of each prompt length)",
        [](ThroughputOptions* o, absl::string_view v) {
@@ -156,26 +97,26 @@ const std::vector<Flag>& Flags() {
        }},
       {"seed", false, "seed of the random prompts (default 1)",
        [](ThroughputOptions* o, absl::string_view v) {
-         if (!absl::SimpleAtoi(v, &o->seed)) return Invalid("seed", v, "a non-negative integer");
+         if (!absl::SimpleAtoi(v, &o->seed)) return BadValue("seed", v, "a non-negative integer");
          return absl::OkStatus();
        }},
       {"budget-s", false, "seconds for the whole run, load included; points predicted to overrun are skipped, "
                           "a running point past it is cancelled (0: none)",
-       Real("budget-s", 0, 1e7, &ThroughputOptions::budget_s)},
+       flags::RealIn("budget-s", 0, 1e7, &ThroughputOptions::budget_s)},
       {"fill-budget", true, "when the next batch would not fit the budget, run the largest one that does",
-       Bool("fill-budget", &ThroughputOptions::fill_budget)},
+       flags::Bool("fill-budget", &ThroughputOptions::fill_budget)},
       {"max-preemption-ratio", false, "preemptions per sequence above which the sweep stops (default 0.05)",
-       Real("max-preemption-ratio", 0, 1e6, &ThroughputOptions::max_preemption_ratio)},
+       flags::RealIn("max-preemption-ratio", 0, 1e6, &ThroughputOptions::max_preemption_ratio)},
       {"warmup", true, "one short untimed request before the sweep (default true)",
-       Bool("warmup", &ThroughputOptions::warmup)},
+       flags::Bool("warmup", &ThroughputOptions::warmup)},
       {"describe-only", true, "load the model, write the description and capacity table, run nothing",
-       Bool("describe-only", &ThroughputOptions::describe_only)},
+       flags::Bool("describe-only", &ThroughputOptions::describe_only)},
       {"json", false, "write the results here (rewritten after every point; '-': stdout at the end)",
-       Text(&ThroughputOptions::json_path)},
-      {"label", false, "free text copied into the JSON", Text(&ThroughputOptions::label)},
+       flags::String(&ThroughputOptions::json_path)},
+      {"label", false, "free text copied into the JSON", flags::String(&ThroughputOptions::label)},
       {"capabilities", true, "print the engine options this build supports as JSON and exit",
-       Bool("capabilities", &ThroughputOptions::capabilities)},
-      {"help", true, "this text", Bool("help", &ThroughputOptions::help)},
+       flags::Bool("capabilities", &ThroughputOptions::capabilities)},
+      {"help", true, "this text", flags::Bool("help", &ThroughputOptions::help)},
   };
   return flags;
 }
@@ -225,29 +166,7 @@ absl::StatusOr<ThroughputOptions> ParseThroughputArgs(int argc, const char* cons
     if (!absl::StartsWith(arg, "--") || arg.size() < 3) {
       return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
     }
-    absl::string_view name = arg.substr(2);
-    std::optional<absl::string_view> value;
-    if (const size_t eq = name.find('='); eq != absl::string_view::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    std::string normalized(name);
-    for (char& c : normalized) c = c == '_' ? '-' : c;
-    const Flag* flag = nullptr;
-    for (const Flag& f : Flags()) {
-      if (normalized == f.name) flag = &f;
-    }
-    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "'"));
-    if (!value.has_value()) {
-      if (flag->is_bool) {
-        value = "";
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("--", flag->name, " needs a value"));
-      }
-    }
-    if (absl::Status s = flag->apply(&options, *value); !s.ok()) return s;
+    if (absl::Status s = flags::ApplyFlag(Flags(), arg.substr(2), argc, argv, &i, &options); !s.ok()) return s;
   }
   if (options.help || options.capabilities) return options;
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
@@ -267,9 +186,7 @@ std::string ThroughputUsage() {
       "times, preemptions and memory. One engine (one KV format) per process.\n"
       "\n"
       "flags:\n";
-  for (const Flag& f : Flags()) {
-    absl::StrAppend(&text, "  --", f.name, f.is_bool ? "" : " VALUE", "\n      ", f.help, "\n");
-  }
+  absl::StrAppend(&text, flags::FlagHelp(Flags(), " VALUE"));
   absl::StrAppend(&text, "\nExit status: 0 when the run finished (points may be skipped or stopped; see the JSON),\n"
                          "1 when the engine could not be created, 2 on usage errors.\n");
   return text;
