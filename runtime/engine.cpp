@@ -485,7 +485,7 @@ class EngineImpl : public Engine {
       }
     }
     if (any_argmax) {
-      const at::Tensor ids = logits.argmax(1).to(at::kCPU).to(at::kLong).contiguous();
+      const at::Tensor ids = logits.argmax(1).to(at::kCPU).contiguous();
       const int64_t* id = ids.data_ptr<int64_t>();
       for (size_t i = 0; i < chunks.size(); ++i) out.argmax[i] = static_cast<int32_t>(id[i]);
     }
