@@ -3,10 +3,8 @@
 // client cancellations). Every request must end normally or by our own cancellation, every
 // KV page must come back, and the server must still drain and exit 0 on SIGTERM.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "tests/process_test_support.h"
+#include "tests/server_process_test_support.h"
 
 namespace {
 
@@ -58,67 +57,6 @@ constexpr double kCancelFraction = 0.1;
 
 std::string TempPath(const std::string& stem) { return UniqueTempPath("squat_load", stem); }
 
-// A child process with stdout to one file and stderr to another. It dies with the test
-// process (PR_SET_PDEATHSIG) and is killed when this object goes away while it still runs.
-class Child {
- public:
-  explicit Child(std::vector<std::string> args)
-      : out_path_(TempPath("out")), err_path_(TempPath("err")) {
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      const int out_fd = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      const int err_fd = open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
-      if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~Child() {
-    if (pid_ > 0 && !exit_status_.has_value()) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(out_path_.c_str());
-    std::remove(err_path_.c_str());
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  std::string Out() const { return ReadFile(out_path_); }
-  std::string Err() const { return ReadFile(err_path_); }
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-
-  // The wait status once the process exited within `timeout`.
-  std::optional<int> WaitExit(std::chrono::milliseconds timeout) {
-    const auto give_up = std::chrono::steady_clock::now() + timeout;
-    while (!exit_status_.has_value() && pid_ > 0) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exit_status_ = status;
-      } else if (std::chrono::steady_clock::now() > give_up) {
-        break;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-    return exit_status_;
-  }
-
- private:
-  std::string out_path_;
-  std::string err_path_;
-  pid_t pid_ = -1;
-  std::optional<int> exit_status_;
-};
-
 struct RunResult {
   int exit_code = -1;  // -1: did not finish in time
   std::string out;
@@ -126,9 +64,9 @@ struct RunResult {
 };
 
 RunResult RunToExit(std::vector<std::string> args, std::chrono::seconds timeout) {
-  Child child(std::move(args));
+  ChildProcess child(std::move(args), {TempPath("out"), TempPath("err")});
   const std::optional<int> status = child.WaitExit(timeout);
-  return {status.has_value() ? ExitCodeOf(*status) : -1, child.Out(), child.Err()};
+  return {status.has_value() ? ExitCodeOf(*status) : -1, child.StdoutText(), child.StderrText()};
 }
 
 // Proto JSON writes 64-bit integers as strings.
@@ -177,15 +115,14 @@ class LoadTest : public ::testing::Test {
     const int port = FreeLoopbackPort();
     ASSERT_GT(port, 0);
     address_ = absl::StrCat("127.0.0.1:", port);
-    server_ = std::make_unique<Child>(std::vector<std::string>{
-        SQUAT_SERVER_BIN, "--model", SQUAT_TINY_MODEL_DIR, "--address", address_, "--device", "cpu",
-        "--kv-pool-mib", "64", "--drain-timeout-s", "30"});
-    ASSERT_TRUE(WaitServing()) << "server did not become SERVING; log:\n" << server_->Err();
+    server_ = StartTinyServer(address_, {"--kv-pool-mib", "64", "--drain-timeout-s", "30"},
+                              {TempPath("out"), TempPath("err")});
+    ASSERT_TRUE(WaitServing()) << "server did not become SERVING; log:\n" << server_->StderrText();
   }
 
   void TearDown() override {
     if (HasFailure() && server_ != nullptr) {
-      std::fprintf(stderr, "---- squat-server log (tail) ----\n%s\n", Tail(server_->Err()).c_str());
+      std::fprintf(stderr, "---- squat-server log (tail) ----\n%s\n", Tail(server_->StderrText()).c_str());
     }
     server_.reset();  // kills it if still running
   }
@@ -196,14 +133,10 @@ class LoadTest : public ::testing::Test {
   }
 
   bool WaitServing() {
-    const auto give_up = std::chrono::steady_clock::now() + kStartupTimeout;
-    while (std::chrono::steady_clock::now() < give_up) {
-      if (server_->WaitExit(std::chrono::milliseconds(0)).has_value()) return false;
+    return WaitUntilServing(*server_, kStartupTimeout, [this] {
       const RunResult health = Cli({"health", "--timeout-s", "2"});
-      if (health.exit_code == 0 && health.out == "SERVING\n") return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
+      return health.exit_code == 0 && health.out == "SERVING\n";
+    });
   }
 
   RunResult Cli(std::vector<std::string> args) {
@@ -238,7 +171,7 @@ class LoadTest : public ::testing::Test {
 
   Watchdog watchdog_{"load_test", kTestTimeout};
   std::string address_;
-  std::unique_ptr<Child> server_;
+  std::unique_ptr<ChildProcess> server_;
 };
 
 TEST_F(LoadTest, ConcurrentStreamsWithCancellationsEndCleanlyAndReturnEveryPage) {

@@ -504,21 +504,23 @@ TEST(MetricsFlagsTest, AnExplicitMetricsPortThatIsTakenStopsTheServer) {
   ChildProcess server({SQUAT_SERVER_BIN, "--model", SQUAT_TINY_MODEL_DIR, "--address",
                        absl::StrCat("127.0.0.1:", FreeLoopbackPort()), "--metrics-port", std::to_string(taken),
                        "--metrics-address", "127.0.0.1"},
-                      UniqueTempPath("squat_metrics", "taken_log"));
+                      ChildOutput::Log(UniqueTempPath("squat_metrics", "taken_log")));
   const std::optional<int> status = server.WaitExit(std::chrono::seconds(30));
   close(fd);
-  ASSERT_TRUE(status.has_value()) << server.Log();
+  const std::string log = server.StdoutText();
+  ASSERT_TRUE(status.has_value()) << log;
   EXPECT_EQ(ExitCodeOf(*status), 1);
-  EXPECT_TRUE(absl::StrContains(server.Log(), absl::StrCat("cannot serve metrics on 127.0.0.1:", taken))) << server.Log();
+  EXPECT_TRUE(absl::StrContains(log, absl::StrCat("cannot serve metrics on 127.0.0.1:", taken))) << log;
 }
 
 TEST(MetricsFlagsTest, UnknownLogFormatIsAUsageError) {
   ChildProcess server({SQUAT_SERVER_BIN, "--model", SQUAT_TINY_MODEL_DIR, "--log-format", "xml"},
-                      UniqueTempPath("squat_metrics", "format_log"));
+                      ChildOutput::Log(UniqueTempPath("squat_metrics", "format_log")));
   const std::optional<int> status = server.WaitExit(std::chrono::seconds(30));
   ASSERT_TRUE(status.has_value());
   EXPECT_EQ(ExitCodeOf(*status), 2);
-  EXPECT_TRUE(absl::StrContains(server.Log(), "--log-format 'xml' is not one of text, json")) << server.Log();
+  const std::string log = server.StdoutText();
+  EXPECT_TRUE(absl::StrContains(log, "--log-format 'xml' is not one of text, json")) << log;
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -16,6 +15,7 @@
 #include "squat/v1/generation.grpc.pb.h"
 #include "tests/metrics_test_support.h"
 #include "tests/process_test_support.h"
+#include "tests/server_process_test_support.h"
 
 namespace squat::testing_support {
 
@@ -26,14 +26,11 @@ class MetricsServer {
  public:
   explicit MetricsServer(const std::vector<std::string>& extra_args)
       : grpc_port_(FreeLoopbackPort()), metrics_port_(FreeLoopbackPort()) {
-    std::vector<std::string> args = {SQUAT_SERVER_BIN,
-                                     "--model", SQUAT_TINY_MODEL_DIR,
-                                     "--address", address(),
-                                     "--device", "cpu",
-                                     "--metrics-port", std::to_string(metrics_port_),
-                                     "--metrics-address", "127.0.0.1"};
+    std::vector<std::string> args = {"--metrics-port", std::to_string(metrics_port_), "--metrics-address",
+                                     "127.0.0.1"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
-    process_ = std::make_unique<ChildProcess>(args, UniqueTempPath("squat_metrics", "server_log"));
+    process_ =
+        StartTinyServer(address(), args, ChildOutput::Log(UniqueTempPath("squat_metrics", "server_log")));
     // Retry the connection every 100 ms while the server starts (gRPC's default backoff grows
     // to seconds).
     grpc::ChannelArguments channel_args;
@@ -48,25 +45,19 @@ class MetricsServer {
   int metrics_port() const { return metrics_port_; }
   ChildProcess& process() { return *process_; }
   v1::GenerationService::Stub& stub() { return *stub_; }
-  std::string Log() const { return process_->Log(); }
+  std::string Log() const { return process_->StdoutText(); }
 
   // Health SERVING within the startup timeout; false if the server died or never got there.
   bool WaitServing() {
     auto health = grpc::health::v1::Health::NewStub(channel_);
-    const auto give_up = std::chrono::steady_clock::now() + kServerStartupTimeout;
-    while (std::chrono::steady_clock::now() < give_up) {
-      if (process_->WaitExit(std::chrono::milliseconds(0)).has_value()) return false;
+    return WaitUntilServing(*process_, kServerStartupTimeout, [&] {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
       grpc::health::v1::HealthCheckRequest request;
       grpc::health::v1::HealthCheckResponse response;
-      if (health->Check(&context, request, &response).ok() &&
-          response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
+      return health->Check(&context, request, &response).ok() &&
+             response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    });
   }
 
   // GET /metrics; a failed scrape fails the test and returns "".

@@ -1,26 +1,19 @@
 // Helpers of the metrics tests: the Prometheus text format read back into samples, a tiny
-// loopback HTTP client, a child process with its output in a file, and a PATH lookup.
+// loopback HTTP client and a PATH lookup (child processes: tests/process_test_support.h).
 #pragma once
 
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -199,64 +192,5 @@ inline std::string FindOnPath(const std::string& name) {
   }
   return "";
 }
-
-// A child process whose stdout and stderr go to one file. It dies with the test process
-// (PR_SET_PDEATHSIG) and is killed when this object goes away while it still runs.
-class ChildProcess {
- public:
-  ChildProcess(std::vector<std::string> args, const std::string& log_path) : log_path_(log_path) {
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (log_fd >= 0) {
-        dup2(log_fd, STDOUT_FILENO);
-        dup2(log_fd, STDERR_FILENO);
-      }
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~ChildProcess() {
-    if (running()) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(log_path_.c_str());
-  }
-  ChildProcess(const ChildProcess&) = delete;
-  ChildProcess& operator=(const ChildProcess&) = delete;
-
-  std::string Log() const { return ReadFile(log_path_); }
-  bool running() const { return pid_ > 0 && !exit_status_.has_value(); }
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-
-  // The wait status once the process exited within `timeout`.
-  std::optional<int> WaitExit(std::chrono::milliseconds timeout) {
-    const auto give_up = std::chrono::steady_clock::now() + timeout;
-    while (!exit_status_.has_value() && pid_ > 0) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exit_status_ = status;
-      } else if (std::chrono::steady_clock::now() > give_up) {
-        break;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-    return exit_status_;
-  }
-
- private:
-  std::string log_path_;
-  pid_t pid_ = -1;
-  std::optional<int> exit_status_;
-};
 
 }  // namespace squat::testing_support

@@ -1,10 +1,14 @@
 // Helpers shared by the tests that run the real binaries (squat-server, squat-cli,
-// squat-bench) as child processes: a per-run RNG, files, exit codes, a free loopback port,
-// and a watchdog that ends a hung test.
+// squat-bench, prometheus) as child processes: a per-run RNG, files, exit codes, a free
+// loopback port, the child process itself, a wait for a server to serve, and a watchdog
+// that ends a hung test.
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,11 +18,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -67,6 +75,104 @@ inline int FreeLoopbackPort() {
   }
   close(fd);
   return port;
+}
+
+// Where a child's stdout and stderr go: a file each (created or truncated), or the test
+// process's own stream where the path is empty.
+struct ChildOutput {
+  std::string stdout_path;
+  std::string stderr_path;
+
+  // Both streams into one file, in the order they were written.
+  static ChildOutput Log(const std::string& path) { return {path, path}; }
+};
+
+// A child process running argv (argv[0] is the binary's path). It dies with the test process
+// (PR_SET_PDEATHSIG); when this object goes away it is killed if still running, reaped, and
+// its output files are removed, so nothing outlives the test.
+class ChildProcess {
+ public:
+  explicit ChildProcess(std::vector<std::string> argv, ChildOutput output = {}) : output_(std::move(output)) {
+    std::vector<char*> exec_argv;
+    for (std::string& arg : argv) exec_argv.push_back(arg.data());
+    exec_argv.push_back(nullptr);
+    // Opened here, not in the child, so that one file shared by both streams has one offset.
+    // O_CLOEXEC keeps these descriptors out of other children; dup2 clears it on the copies.
+    const int out_fd = OpenOutput(output_.stdout_path);
+    const int err_fd = output_.stderr_path == output_.stdout_path ? out_fd : OpenOutput(output_.stderr_path);
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ == 0) {
+      // Only async-signal-safe calls between fork and exec.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
+      if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
+      execv(exec_argv[0], exec_argv.data());
+      _exit(127);
+    }
+    if (out_fd >= 0) close(out_fd);
+    if (err_fd >= 0 && err_fd != out_fd) close(err_fd);
+  }
+  ~ChildProcess() {
+    if (pid_ > 0 && !wait_status_.has_value()) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (!output_.stdout_path.empty()) std::remove(output_.stdout_path.c_str());
+    if (!output_.stderr_path.empty()) std::remove(output_.stderr_path.c_str());
+  }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string StdoutText() const { return ReadFile(output_.stdout_path); }
+  std::string StderrText() const { return ReadFile(output_.stderr_path); }
+  void Signal(int signal_number) {
+    if (pid_ > 0 && !wait_status_.has_value()) kill(pid_, signal_number);
+  }
+
+  // Reaps the child if it has exited (without waiting).
+  bool running() { return pid_ > 0 && !WaitExit(std::chrono::milliseconds(0)).has_value(); }
+
+  // The wait status (see ExitCodeOf) once the process exited within `timeout`; nullopt while
+  // it still runs (or never started).
+  std::optional<int> WaitExit(std::chrono::milliseconds timeout) {
+    const auto give_up = std::chrono::steady_clock::now() + timeout;
+    while (pid_ > 0 && !wait_status_.has_value()) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        wait_status_ = status;
+      } else if (std::chrono::steady_clock::now() >= give_up) {
+        break;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+    return wait_status_;
+  }
+
+ private:
+  static int OpenOutput(const std::string& path) {
+    return path.empty() ? -1 : open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  }
+
+  ChildOutput output_;
+  pid_t pid_ = -1;
+  std::optional<int> wait_status_;
+};
+
+// Polls `serving` (a health check of the caller's choosing) every 100 ms until it says yes;
+// false once `server` has exited or `timeout` has passed.
+inline bool WaitUntilServing(ChildProcess& server, std::chrono::milliseconds timeout,
+                             const std::function<bool()>& serving) {
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < give_up) {
+    if (!server.running()) return false;
+    if (serving()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
 }
 
 // Ends the test process (and with it the children, through PDEATHSIG) if a test hangs.

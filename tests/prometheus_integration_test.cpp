@@ -60,12 +60,12 @@ class PrometheusIntegrationTest : public ::testing::Test {
                                  "--storage.tsdb.path=" + dir_ + "/data",
                                  absl::StrCat("--web.listen-address=127.0.0.1:", prometheus_port_),
                                  "--log.level=warn"},
-        dir_ + "/prometheus.log");
+        ChildOutput::Log(dir_ + "/prometheus.log"));
     const auto give_up = std::chrono::steady_clock::now() + kPrometheusTimeout;
     while (HttpGet(prometheus_port_, "/-/ready").status != 200) {
       ASSERT_FALSE(prometheus_->WaitExit(std::chrono::milliseconds(0)).has_value())
-          << "prometheus exited:\n" << prometheus_->Log();
-      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "prometheus not ready:\n" << prometheus_->Log();
+          << "prometheus exited:\n" << prometheus_->StdoutText();
+      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "prometheus not ready:\n" << prometheus_->StdoutText();
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     ASSERT_TRUE(server_->WaitServing()) << "server did not become SERVING; log:\n" << server_->Log();
@@ -73,7 +73,7 @@ class PrometheusIntegrationTest : public ::testing::Test {
 
   void TearDown() override {
     if (HasFailure() && prometheus_ != nullptr) {
-      std::fprintf(stderr, "---- prometheus log ----\n%s\n", prometheus_->Log().c_str());
+      std::fprintf(stderr, "---- prometheus log ----\n%s\n", prometheus_->StdoutText().c_str());
     }
     // Both are killed and reaped; nothing of theirs outlives the test (the TSDB goes too).
     prometheus_.reset();

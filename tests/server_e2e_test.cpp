@@ -1,10 +1,8 @@
 // End to end: the real squat-server binary on loopback with the tiny checkpoint, driven by
 // the real squat-cli binary (--json output parsed back into the API's proto messages).
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tests/process_test_support.h"
+#include "tests/server_process_test_support.h"
 #include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.pb.h"
 #include "squat/v1/generation.pb.h"
@@ -145,102 +144,6 @@ std::vector<std::string> Lines(const std::string& text) {
   return absl::StrSplit(text, '\n', absl::SkipEmpty());
 }
 
-// The squat-server child. It dies with the test process (PR_SET_PDEATHSIG) and is killed
-// when this object goes away while it still runs.
-class ServerProcess {
- public:
-  ServerProcess(const std::string& address, const std::vector<std::string>& extra_args)
-      : address_(address), log_path_(TempPath("server_log")) {
-    std::vector<std::string> args = {SQUAT_SERVER_BIN, "--model", SQUAT_TINY_MODEL_DIR,
-                                     "--address", address_, "--device", "cpu"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (log_fd >= 0) {
-        dup2(log_fd, STDOUT_FILENO);
-        dup2(log_fd, STDERR_FILENO);
-      }
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~ServerProcess() {
-    if (running()) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(log_path_.c_str());
-  }
-
-  const std::string& address() const { return address_; }
-  pid_t pid() const { return pid_; }
-  std::string Log() const { return ReadFile(log_path_); }
-  bool running() const { return pid_ > 0 && !exit_status_.has_value(); }
-
-  void Signal(int signal_number) { kill(pid_, signal_number); }
-
-  // The wait status once the process exited within `timeout`.
-  std::optional<int> WaitExit(std::chrono::seconds timeout) {
-    const auto give_up = std::chrono::steady_clock::now() + timeout;
-    while (!exit_status_.has_value()) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exit_status_ = status;
-      } else if (std::chrono::steady_clock::now() > give_up) {
-        break;
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    }
-    return exit_status_;
-  }
-
-  // Polls health through squat-cli until SERVING; false if the server died or never got there.
-  bool WaitServing() {
-    const auto give_up = std::chrono::steady_clock::now() + kStartupTimeout;
-    while (std::chrono::steady_clock::now() < give_up) {
-      if (WaitExit(std::chrono::seconds(0)).has_value()) return false;
-      CliResult health = RunCli({"health", "--address", address_, "--json", "--timeout-s", "2"});
-      if (health.exit_code == 0 &&
-          ParseJson<grpc::health::v1::HealthCheckResponse>(health.out).status() ==
-              grpc::health::v1::HealthCheckResponse::SERVING) {
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-
-  // Waits until the log has a line containing every one of `parts`.
-  bool WaitForLogLine(const std::vector<std::string>& parts, std::chrono::seconds timeout) const {
-    const auto give_up = std::chrono::steady_clock::now() + timeout;
-    do {
-      for (const std::string& line : Lines(Log())) {
-        if (std::all_of(parts.begin(), parts.end(),
-                        [&](const std::string& p) { return absl::StrContains(line, p); })) {
-          return true;
-        }
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    } while (std::chrono::steady_clock::now() < give_up);
-    return false;
-  }
-
- private:
-  std::string address_;
-  std::string log_path_;
-  pid_t pid_ = -1;
-  std::optional<int> exit_status_;
-};
-
 // The tiny model's config.json, read independently of the server.
 google::protobuf::Struct TinyConfig() {
   return ParseJson<google::protobuf::Struct>(ReadFile(SQUAT_TINY_MODEL_DIR "/config.json"));
@@ -256,23 +159,50 @@ class ServerE2ETest : public ::testing::Test {
   void SetUp() override {
     const int port = FreeLoopbackPort();
     ASSERT_GT(port, 0);
-    server_ = std::make_unique<ServerProcess>(
-        absl::StrCat("127.0.0.1:", port),
-        std::vector<std::string>{"--max-tokens-limit", std::to_string(kMaxTokensLimit),
-                                 "--drain-timeout-s", "60"});
-    ASSERT_TRUE(server_->WaitServing()) << "server did not become SERVING; log:\n" << server_->Log();
+    address_ = absl::StrCat("127.0.0.1:", port);
+    server_ = StartTinyServer(
+        address_, {"--max-tokens-limit", std::to_string(kMaxTokensLimit), "--drain-timeout-s", "60"},
+        ChildOutput::Log(TempPath("server_log")));
+    ASSERT_TRUE(WaitServing()) << "server did not become SERVING; log:\n" << ServerLog();
   }
 
   void TearDown() override {
     if (HasFailure() && server_ != nullptr) {
-      std::fprintf(stderr, "---- squat-server log ----\n%s\n", server_->Log().c_str());
+      std::fprintf(stderr, "---- squat-server log ----\n%s\n", ServerLog().c_str());
     }
     server_.reset();  // kills it if still running
   }
 
+  std::string ServerLog() const { return server_->StdoutText(); }
+
+  // Polls health through squat-cli until SERVING; false if the server died or never got there.
+  bool WaitServing() {
+    return WaitUntilServing(*server_, kStartupTimeout, [this] {
+      CliResult health = RunCli({"health", "--address", address_, "--json", "--timeout-s", "2"});
+      return health.exit_code == 0 &&
+             ParseJson<grpc::health::v1::HealthCheckResponse>(health.out).status() ==
+                 grpc::health::v1::HealthCheckResponse::SERVING;
+    });
+  }
+
+  // Waits until the server's log has a line containing every one of `parts`.
+  bool WaitForLogLine(const std::vector<std::string>& parts, std::chrono::seconds timeout) const {
+    const auto give_up = std::chrono::steady_clock::now() + timeout;
+    do {
+      for (const std::string& line : Lines(ServerLog())) {
+        if (std::all_of(parts.begin(), parts.end(),
+                        [&](const std::string& p) { return absl::StrContains(line, p); })) {
+          return true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    } while (std::chrono::steady_clock::now() < give_up);
+    return false;
+  }
+
   std::vector<std::string> Cli(const std::string& command, std::vector<std::string> args,
                                const std::string& timeout_s = "60") {
-    args.insert(args.begin(), {command, "--address", server_->address(), "--timeout-s", timeout_s});
+    args.insert(args.begin(), {command, "--address", address_, "--timeout-s", timeout_s});
     return args;
   }
 
@@ -312,7 +242,8 @@ class ServerE2ETest : public ::testing::Test {
   }
 
   Watchdog watchdog_{"server_e2e_test", kTestTimeout};
-  std::unique_ptr<ServerProcess> server_;
+  std::string address_;
+  std::unique_ptr<ChildProcess> server_;
 };
 
 std::vector<int32_t> Ids(const google::protobuf::RepeatedField<int32_t>& ids) {
@@ -343,8 +274,8 @@ TEST_F(ServerE2ETest, UnaryGreedyGenerateRunsToMaxTokens) {
   EXPECT_EQ(response.usage().completion_tokens(), 8u);
   EXPECT_EQ(response.usage().prompt_tokens(), prompt_ids.size());
   EXPECT_EQ(response.kv_cache_method(), "squat");  // the server default
-  EXPECT_TRUE(server_->WaitForLogLine({request_id, "finished", "reason=length", "completion_tokens=8"},
-                                      std::chrono::seconds(10)));
+  EXPECT_TRUE(WaitForLogLine({request_id, "finished", "reason=length", "completion_tokens=8"},
+                             std::chrono::seconds(10)));
 
   // The same prompt as token ids goes through the other prompt path to the same result.
   std::vector<std::string> by_ids = greedy;
@@ -542,7 +473,7 @@ TEST_F(ServerE2ETest, ClientCancellationLeavesTheServerHealthy) {
   EXPECT_LT(received, kLongGeneration);
 
   // The server noticed and stopped the request early.
-  EXPECT_TRUE(server_->WaitForLogLine({request_id, "finished", "reason=cancelled"}, std::chrono::seconds(30)));
+  EXPECT_TRUE(WaitForLogLine({request_id, "finished", "reason=cancelled"}, std::chrono::seconds(30)));
 
   const CliResult health = RunCli(Cli("health", {}));
   EXPECT_EQ(health.exit_code, 0) << health.err;
@@ -562,7 +493,7 @@ TEST_F(ServerE2ETest, CallDeadlineStopsTheRequestOnTheServer) {
                  /*timeout_s=*/"0.2"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_TRUE(absl::StartsWith(result.err, "error: DEADLINE_EXCEEDED: ")) << result.err;
-  EXPECT_TRUE(server_->WaitForLogLine({request_id, "finished", "reason=cancelled"}, std::chrono::seconds(30)));
+  EXPECT_TRUE(WaitForLogLine({request_id, "finished", "reason=cancelled"}, std::chrono::seconds(30)));
   EXPECT_EQ(Generate({RandomPrompt(), "--max-tokens", "4", "--ignore-eos", "--json"}).token_ids_size(), 4);
 }
 
@@ -576,7 +507,7 @@ TEST_F(ServerE2ETest, SigtermFinishesTheInFlightRequestAndExitsZero) {
   const std::optional<std::string> first = stream.ReadLine();
   ASSERT_TRUE(first.has_value());
   server_->Signal(SIGTERM);
-  ASSERT_TRUE(server_->WaitForLogLine({"received SIGTERM"}, std::chrono::seconds(30)));
+  ASSERT_TRUE(WaitForLogLine({"received SIGTERM"}, std::chrono::seconds(30)));
 
   // While the long request drains, the server says so and refuses new work.
   const CliResult health = RunCli(Cli("health", {}));
@@ -606,7 +537,7 @@ TEST_F(ServerE2ETest, SigtermFinishesTheInFlightRequestAndExitsZero) {
   EXPECT_EQ(ExitCodeOf(*exit_status), 0);
 
   // The request ended after the drain began: it really was in flight.
-  const std::string log = server_->Log();
+  const std::string log = ServerLog();
   const size_t drain_at = log.find("received SIGTERM");
   const size_t finished_at = log.find(absl::StrCat("[", request_id, "] stream finished"));
   ASSERT_NE(drain_at, std::string::npos) << log;

@@ -23,7 +23,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "squat/v1/generation.grpc.pb.h"
 #include "tests/process_test_support.h"
-#include "tests/soak/server_child.h"
+#include "tests/server_process_test_support.h"
 
 namespace {
 
@@ -150,33 +150,27 @@ std::string RandomWords(size_t min_bytes) {
 class TlsServer {
  public:
   TlsServer(const std::vector<std::string>& flags) : address_(absl::StrCat("127.0.0.1:", FreeLoopbackPort())) {
-    std::vector<std::string> args = {SQUAT_SERVER_BIN, "--model", SQUAT_TINY_MODEL_DIR, "--address", address_,
-                                     "--device", "cpu", "--kv-pool-mib", "32", "--max-tokens-limit", "4096"};
+    std::vector<std::string> args = {"--kv-pool-mib", "32", "--max-tokens-limit", "4096"};
     args.insert(args.end(), flags.begin(), flags.end());
-    child_ = std::make_unique<ServerChild>(args, TempPath("server_log"));
+    child_ = StartTinyServer(address_, args, ChildOutput::Log(TempPath("server_log")));
   }
 
   // Health over the given identity until SERVING.
   bool WaitServing(const ClientIdentity& id) {
-    const auto give_up = std::chrono::steady_clock::now() + kStartupTimeout;
-    while (std::chrono::steady_clock::now() < give_up) {
-      if (!child_->running()) return false;
+    return WaitUntilServing(*child_, kStartupTimeout, [&] {
       grpc::health::v1::HealthCheckResponse response;
-      if (HealthCheck(address_, id, &response).ok() &&
-          response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-        return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
+      return HealthCheck(address_, id, &response).ok() &&
+             response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    });
   }
 
   const std::string& address() const { return address_; }
-  ServerChild& child() { return *child_; }
+  ChildProcess& child() { return *child_; }
+  std::string Log() const { return child_->StdoutText(); }
 
  private:
   std::string address_;
-  std::unique_ptr<ServerChild> child_;
+  std::unique_ptr<ChildProcess> child_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -191,10 +185,10 @@ class TlsTokenServerTest : public ::testing::Test {
         "--tls-cert", pki_.server_cert, "--tls-key", pki_.server_key, "--auth-token-file", pki_.token_file,
         "--max-message-bytes", std::to_string(kMaxMessageBytes), "--max-prompt-bytes",
         std::to_string(kMaxPromptBytes), "--max-prompt-tokens", std::to_string(kMaxPromptTokens)});
-    ASSERT_TRUE(server_->WaitServing(Trusted())) << server_->child().Log();
+    ASSERT_TRUE(server_->WaitServing(Trusted())) << server_->Log();
   }
   void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "---- squat-server log ----\n%s\n", server_->child().Log().c_str());
+    if (HasFailure()) std::fprintf(stderr, "---- squat-server log ----\n%s\n", server_->Log().c_str());
   }
 
   ClientIdentity Trusted() const { return {pki_.ca, "", "", pki_.token, ""}; }
@@ -390,10 +384,10 @@ class MutualTlsServerTest : public ::testing::Test {
     server_ = std::make_unique<TlsServer>(std::vector<std::string>{
         "--tls-cert", pki_.server_cert, "--tls-key", pki_.server_key, "--tls-client-ca", pki_.ca,
         "--auth-token-file", pki_.token_file});
-    ASSERT_TRUE(server_->WaitServing(Client())) << server_->child().Log();
+    ASSERT_TRUE(server_->WaitServing(Client())) << server_->Log();
   }
   void TearDown() override {
-    if (HasFailure()) std::fprintf(stderr, "---- squat-server log ----\n%s\n", server_->child().Log().c_str());
+    if (HasFailure()) std::fprintf(stderr, "---- squat-server log ----\n%s\n", server_->Log().c_str());
   }
   ClientIdentity Client() const { return {pki_.ca, pki_.client_cert, pki_.client_key, pki_.token, ""}; }
 
@@ -485,8 +479,8 @@ class TlsStartupTest : public ::testing::Test {
   // Exit code and log of a server that must stop on its own.
   std::pair<int, std::string> RunToExit(const std::vector<std::string>& flags) {
     TlsServer server(flags);
-    const std::optional<int> code = server.child().WaitExit(std::chrono::seconds(60));
-    return {code.value_or(-1), server.child().Log()};
+    const std::optional<int> status = server.child().WaitExit(std::chrono::seconds(60));
+    return {status.has_value() ? ExitCodeOf(*status) : -1, server.Log()};
   }
   Watchdog watchdog_{"server_tls_test", std::chrono::seconds(150)};
   Pki pki_;

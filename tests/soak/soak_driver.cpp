@@ -9,10 +9,7 @@
 //
 //   squat-soak --server-bin PATH --model DIR [--duration-s 90] [--warmup-s 15]
 //              [--concurrency 6] [--max-rss-growth-mib 48] [--seed N] [--json FILE]
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -38,11 +36,13 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "squat/v1/generation.grpc.pb.h"
-#include "tests/soak/server_child.h"
+#include "tests/process_test_support.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using squat::testing_support::ChildOutput;
+using squat::testing_support::ChildProcess;
 using squat::v1::GenerationService;
 
 // Server limits the malformed requests are built against.
@@ -97,21 +97,6 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     return false;
   }
   return true;
-}
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 std::string CodeName(grpc::StatusCode code) {
@@ -368,20 +353,31 @@ class Load {
   uint64_t round_ = 0;
 };
 
-bool WaitServing(const std::shared_ptr<grpc::Channel>& channel, squat::testing_support::ServerChild& server) {
+bool WaitServing(const std::shared_ptr<grpc::Channel>& channel, ChildProcess& server) {
   auto health = grpc::health::v1::Health::NewStub(channel);
-  const auto give_up = Clock::now() + std::chrono::seconds(120);
-  while (Clock::now() < give_up && server.running()) {
+  return squat::testing_support::WaitUntilServing(server, std::chrono::seconds(120), [&] {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     grpc::health::v1::HealthCheckResponse response;
-    if (health->Check(&context, {}, &response).ok() &&
-        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return true;
+    return health->Check(&context, {}, &response).ok() &&
+           response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  });
+}
+
+// VmRSS from /proc/<pid>/status in bytes; -1 when it cannot be read.
+int64_t RssBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      int64_t kib = -1;
+      in >> kib;
+      return kib < 0 ? -1 : kib * 1024;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::string rest;
+    std::getline(in, rest);
   }
-  return false;
+  return -1;
 }
 
 // kv_pool_used_bytes once it reads 0 (pages are freed at the engine's next step), or the
@@ -408,18 +404,19 @@ int main(int argc, char** argv) {
   Options options;
   if (!ParseArgs(argc, argv, &options)) return 2;
   if (options.seed == 0) options.seed = std::random_device{}();
-  const std::string address = absl::StrCat("127.0.0.1:", FreePort());
+  const std::string address = absl::StrCat("127.0.0.1:", squat::testing_support::FreeLoopbackPort());
   const std::string log_path = absl::StrCat("/tmp/squat_soak_server_", getpid(), ".log");
-  squat::testing_support::ServerChild server(
+  ChildProcess server(
       {options.server_bin, "--model", options.model, "--address", address, "--device", "cpu",
        "--kv-pool-mib", std::to_string(kPoolMib), "--max-tokens-limit", std::to_string(kMaxTokensLimit),
        "--default-max-tokens", "32", "--max-prompt-tokens", std::to_string(kMaxPromptTokens),
        "--max-prompt-bytes", std::to_string(kMaxPromptBytes), "--max-message-bytes",
        std::to_string(kMaxMessageBytes), "--log-level", "warn"},
-      log_path);
+      ChildOutput::Log(log_path));
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   if (!WaitServing(channel, server)) {
-    std::fprintf(stderr, "squat-soak: the server did not become SERVING; log:\n%s\n", server.Log().c_str());
+    const std::string log = server.StdoutText();
+    std::fprintf(stderr, "squat-soak: the server did not become SERVING; log:\n%s\n", log.c_str());
     return 1;
   }
   auto stub = GenerationService::NewStub(channel);
@@ -434,7 +431,7 @@ int main(int argc, char** argv) {
   std::atomic<int64_t> rss_peak{0};
   std::thread sampler([&] {
     while (sampling.load()) {
-      rss_peak.store(std::max(rss_peak.load(), server.RssBytes()));
+      rss_peak.store(std::max(rss_peak.load(), RssBytes(server.pid())));
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
   });
@@ -447,18 +444,19 @@ int main(int argc, char** argv) {
   const auto start = Clock::now();
   load.Run(options.concurrency, options.warmup_s);
   const int64_t pool_before = PoolUsedWhenSettled(*stub, std::chrono::seconds(30));
-  const int64_t rss_before = server.RssBytes();
+  const int64_t rss_before = RssBytes(server.pid());
   const int64_t requests_before = tally.total();
   load.Run(options.concurrency, options.duration_s);
   const int64_t pool_after = PoolUsedWhenSettled(*stub, std::chrono::seconds(30));
-  const int64_t rss_after = server.RssBytes();
+  const int64_t rss_after = RssBytes(server.pid());
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   sampling.store(false);
   sampler.join();
 
   const bool alive = server.running();
   server.Signal(SIGTERM);
-  const std::optional<int> exit_code = server.WaitExit(std::chrono::seconds(60));
+  std::optional<int> exit_code = server.WaitExit(std::chrono::seconds(60));
+  if (exit_code.has_value()) exit_code = squat::testing_support::ExitCodeOf(*exit_code);
 
   const double growth_mib = Mib(rss_after - rss_before);
   std::vector<std::string> failures;
@@ -493,8 +491,9 @@ int main(int argc, char** argv) {
   std::printf("%s\n", text.c_str());
   if (!options.json_path.empty()) std::ofstream(options.json_path) << text << "\n";
   if (!failures.empty()) {
+    const std::string log = server.StdoutText();
     std::fprintf(stderr, "squat-soak: FAILED\n---- server log (tail) ----\n%s\n",
-                 server.Log().substr(server.Log().size() > 8000 ? server.Log().size() - 8000 : 0).c_str());
+                 log.substr(log.size() > 8000 ? log.size() - 8000 : 0).c_str());
     return 1;
   }
   std::printf("squat-soak: passed (%lld requests, RSS growth %.1f MiB, pool empty)\n",
