@@ -223,16 +223,18 @@ grpc::Status GenerationServiceImpl::ReadyEngine(bool for_generation, Engine** en
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationServiceImpl::StartRequest(const char* kind,
-                                                 const v1::GenerateRequest& request,
-                                                 const std::string& request_id,
+grpc::Status GenerationServiceImpl::StartRequest(const v1::GenerateRequest& request, CallRecord* call,
+                                                 std::string* request_id,
                                                  std::shared_ptr<RequestStream>* stream) const {
+  grpc::Status status = ResolveRequestId(request, request_id);
+  call->SetId(*request_id);
+  if (!status.ok()) return status;
   Engine* engine = nullptr;
-  grpc::Status status = ReadyEngine(/*for_generation=*/true, &engine);
+  status = ReadyEngine(/*for_generation=*/true, &engine);
   if (status.ok()) status = ToGrpcStatus(ValidateGenerateRequest(request, limits_));
   if (!status.ok()) return status;
   absl::StatusOr<std::shared_ptr<RequestStream>> submitted =
-      engine->Submit(ToEngineRequest(request, request_id, default_max_tokens_));
+      engine->Submit(ToEngineRequest(request, *request_id, default_max_tokens_));
   if (!submitted.ok()) {
     if (submitted.status().code() == absl::StatusCode::kUnavailable && draining_.load()) {
       return {grpc::StatusCode::UNAVAILABLE, "server is draining"};
@@ -241,8 +243,9 @@ grpc::Status GenerationServiceImpl::StartRequest(const char* kind,
   }
   *stream = *std::move(submitted);
   const bool ids = request.prompt_case() == v1::GenerateRequest::kTokenIds;
-  log::Debug(absl::StrCat(kind, " accepted"),
-             {{log::kRequestIdKey, request_id},
+  call->Accepted(RequestFormat(request));
+  log::Debug(absl::StrCat(call->kind(), " accepted"),
+             {{log::kRequestIdKey, *request_id},
               {ids ? "prompt_ids" : "prompt_bytes",
                ids ? request.token_ids().ids_size() : static_cast<int>(request.text().size())},
               {"max_tokens", request.sampling().max_tokens()}});
@@ -260,13 +263,8 @@ grpc::Status GenerationServiceImpl::RunGenerate(grpc::ServerContext* context,
                                                 const v1::GenerateRequest& request,
                                                 v1::GenerateResponse* response, CallRecord* call) {
   std::string id;
-  grpc::Status status = ResolveRequestId(request, &id);
-  call->SetId(id);
-  if (!status.ok()) return status;
   std::shared_ptr<RequestStream> stream;
-  status = StartRequest(call->kind(), request, id, &stream);
-  if (!status.ok()) return status;
-  call->Accepted(RequestFormat(request));
+  if (grpc::Status status = StartRequest(request, call, &id, &stream); !status.ok()) return status;
 
   response->set_request_id(id);
   response->set_kv_cache_method(request.kv_cache().method().empty() ? default_kv_method_
@@ -300,13 +298,8 @@ grpc::Status GenerationServiceImpl::RunGenerateStream(
     grpc::ServerContext* context, const v1::GenerateRequest& request,
     grpc::ServerWriter<v1::GenerateStreamResponse>* writer, CallRecord* call) {
   std::string id;
-  grpc::Status status = ResolveRequestId(request, &id);
-  call->SetId(id);
-  if (!status.ok()) return status;
   std::shared_ptr<RequestStream> stream;
-  status = StartRequest(call->kind(), request, id, &stream);
-  if (!status.ok()) return status;
-  call->Accepted(RequestFormat(request));
+  if (grpc::Status status = StartRequest(request, call, &id, &stream); !status.ok()) return status;
 
   GenerationEvent event;
   while (true) {

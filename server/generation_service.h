@@ -44,9 +44,9 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
  private:
   // The engine, or UNAVAILABLE while loading (and, for generation, while draining).
   grpc::Status ReadyEngine(bool for_generation, Engine** engine) const;
-  // Validates and submits; on success *stream is the request's event queue.
-  grpc::Status StartRequest(const char* kind, const v1::GenerateRequest& request,
-                            const std::string& request_id,
+  // Resolves the request id (recorded on `call`), validates and submits; on success *stream is
+  // the request's event queue and `call` counts the request as accepted.
+  grpc::Status StartRequest(const v1::GenerateRequest& request, CallRecord* call, std::string* request_id,
                             std::shared_ptr<RequestStream>* stream) const;
   // The `format` label of the request's KV cache (its override over the server default).
   std::string RequestFormat(const v1::GenerateRequest& request) const;
