@@ -1,7 +1,5 @@
 #include "client/bench_options.h"
 
-#include <cmath>
-#include <functional>
 #include <optional>
 
 #include "absl/strings/ascii.h"

@@ -1,7 +1,6 @@
 #include "client/cli_options.h"
 
 #include <cmath>
-#include <functional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"

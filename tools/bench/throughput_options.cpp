@@ -1,8 +1,8 @@
 #include "tools/bench/throughput_options.h"
 
-#include <cmath>
-#include <functional>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -18,17 +18,21 @@ namespace {
 using Flag = flags::FlagSpec<ThroughputOptions>;
 using flags::BadValue;
 
-absl::StatusOr<std::vector<int64_t>> PositiveList(absl::string_view flag, absl::string_view value) {
-  std::vector<int64_t> out;
-  for (absl::string_view piece : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
-    int64_t n;
-    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(piece), &n) || n <= 0) {
-      return BadValue(flag, value, "a comma list of positive integers");
+// A comma list of positive integers, replacing the field's list.
+flags::Setter<ThroughputOptions> PositiveList(const char* flag, std::vector<int64_t> ThroughputOptions::*field) {
+  return [flag, field](ThroughputOptions* o, absl::string_view value) {
+    std::vector<int64_t> out;
+    for (absl::string_view piece : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      int64_t n;
+      if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(piece), &n) || n <= 0) {
+        return BadValue(flag, value, "a comma list of positive integers");
+      }
+      out.push_back(n);
     }
-    out.push_back(n);
-  }
-  if (out.empty()) return BadValue(flag, value, "a comma list of positive integers");
-  return out;
+    if (out.empty()) return BadValue(flag, value, "a comma list of positive integers");
+    o->*field = std::move(out);
+    return absl::OkStatus();
+  };
 }
 
 const std::vector<Flag>& Flags() {
@@ -75,12 +79,7 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"prompt-tokens", false, "prompt length(s), comma list, swept outermost (default 160)",
-       [](ThroughputOptions* o, absl::string_view v) {
-         auto list = PositiveList("prompt-tokens", v);
-         if (!list.ok()) return list.status();
-         o->prompt_tokens = *list;
-         return absl::OkStatus();
-       }},
+       PositiveList("prompt-tokens", &ThroughputOptions::prompt_tokens)},
       {"gen-tokens", false, "tokens generated per sequence, EOS ignored (default 338)",
        flags::IntAtLeast("gen-tokens", 1, &ThroughputOptions::gen_tokens)},
       {"steady-window", false,
@@ -89,12 +88,7 @@ const std::vector<Flag>& Flags() {
        flags::IntAtLeast("steady-window", 0, &ThroughputOptions::steady_window)},
       {"capacity-contexts", false,
        "sequence lengths for the capacity table (default: prompt + generated of each prompt length)",
-       [](ThroughputOptions* o, absl::string_view v) {
-         auto list = PositiveList("capacity-contexts", v);
-         if (!list.ok()) return list.status();
-         o->capacity_contexts = *list;
-         return absl::OkStatus();
-       }},
+       PositiveList("capacity-contexts", &ThroughputOptions::capacity_contexts)},
       {"seed", false, "seed of the random prompts (default 1)",
        [](ThroughputOptions* o, absl::string_view v) {
          if (!absl::SimpleAtoi(v, &o->seed)) return BadValue("seed", v, "a non-negative integer");
