@@ -1,7 +1,6 @@
 #include "client/bench_report.h"
 
-#include <algorithm>
-#include <cmath>
+#include <utility>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -10,14 +9,6 @@
 
 namespace squat::bench {
 namespace {
-
-double Percentile(const std::vector<double>& sorted, double q) {
-  const double rank = q * static_cast<double>(sorted.size() - 1);
-  const size_t below = static_cast<size_t>(std::floor(rank));
-  const size_t above = std::min(below + 1, sorted.size() - 1);
-  const double weight = rank - static_cast<double>(below);
-  return sorted[below] + weight * (sorted[above] - sorted[below]);
-}
 
 nlohmann::json DistributionJson(const Distribution& d) {
   return {{"count", d.count}, {"mean", d.mean}, {"min", d.min}, {"p50", d.p50}, {"p90", d.p90},
@@ -67,21 +58,6 @@ nlohmann::json RecordJson(const RequestRecord& r) {
 bool IsCompleted(const RequestRecord& r) { return r.outcome.rfind("ok:", 0) == 0 && !r.unexpected; }
 
 }  // namespace
-
-Distribution Summarize(std::vector<double> values) {
-  Distribution d;
-  if (values.empty()) return d;
-  std::sort(values.begin(), values.end());
-  d.count = static_cast<int64_t>(values.size());
-  d.mean = std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size());
-  d.min = values.front();
-  d.p50 = Percentile(values, 0.50);
-  d.p90 = Percentile(values, 0.90);
-  d.p95 = Percentile(values, 0.95);
-  d.p99 = Percentile(values, 0.99);
-  d.max = values.back();
-  return d;
-}
 
 Summary Summarize(const RunResult& run) {
   Summary s;

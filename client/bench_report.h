@@ -11,22 +11,12 @@
 
 #include "client/bench_options.h"
 #include "client/bench_runner.h"
+#include "common/distribution.h"
 
 namespace squat::bench {
 
-// Percentiles interpolate linearly between the closest ranks (numpy's default).
-struct Distribution {
-  int64_t count = 0;
-  double mean = 0;
-  double min = 0;
-  double p50 = 0;
-  double p90 = 0;
-  double p95 = 0;
-  double p99 = 0;
-  double max = 0;
-};
-
-Distribution Summarize(std::vector<double> values);
+using stats::Distribution;
+using stats::Summarize;
 
 struct Summary {
   int64_t requests = 0;

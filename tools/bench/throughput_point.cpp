@@ -19,24 +19,6 @@ double Seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-double Median(std::vector<double> values) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const size_t mid = values.size() / 2;
-  return values.size() % 2 ? values[mid] : 0.5 * (values[mid - 1] + values[mid]);
-}
-
-LatencySummary Summarize(const std::vector<double>& values) {
-  LatencySummary s;
-  if (values.empty()) return s;
-  s.p50 = Median(values);
-  s.max = *std::max_element(values.begin(), values.end());
-  double sum = 0;
-  for (double v : values) sum += v;
-  s.mean = sum / values.size();
-  return s;
-}
-
 // Prompt i of a point: uniform ids, reproducible from (seed, batch, prompt length, i).
 std::vector<int32_t> RandomPrompt(const PointSpec& spec, int64_t index,
                                   const std::unordered_set<int32_t>& excluded) {
@@ -112,7 +94,7 @@ void MeasureSteps(const std::vector<StepRecord>& steps, const PointResult& parti
     double sum = 0;
     for (double d : steady) sum += d;
     result->steady.mean_step_seconds = sum / steady.size();
-    result->steady.p50_step_seconds = Median(steady);
+    result->steady.p50_step_seconds = stats::Summarize(steady).p50;
     result->steady.mean_context = partial.window_mean_context;
   }
 }
@@ -250,7 +232,7 @@ PointResult RunPoint(Engine& engine, StepRecorder& recorder, const PointSpec& sp
       }
     }
   }
-  result.ttft = Summarize(ttft);
+  result.ttft = stats::Summarize(ttft);
   if (steps_at_all_first >= 0 && stats_after.steps > steps_at_all_first) {
     result.tail_step_seconds = (result.wall_seconds - result.all_first_token_seconds) /
                                static_cast<double>(stats_after.steps - steps_at_all_first);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/distribution.h"
 #include "runtime/engine.h"
 
 namespace squat::bench {
@@ -45,9 +46,6 @@ struct PointSpec {
   double cancel_after_seconds = 0;    // cancel every request still running then; 0: never
 };
 
-struct LatencySummary {
-  double p50 = 0, max = 0, mean = 0;
-};
 
 // Decode steps in which every sequence of the point took part and no prompt was fed: the
 // steady state a decode step time is quoted for.
@@ -68,7 +66,7 @@ struct PointResult {
   int64_t generated_tokens = 0;
   double wall_seconds = 0;         // first submit to last final event
   double all_first_token_seconds = 0;  // until every sequence had a token (prefill phase)
-  LatencySummary ttft;
+  stats::Distribution ttft;
   int64_t engine_steps = 0;
   int64_t preemptions = 0;
   // (wall - prefill phase) / engine steps after it: includes the shrinking tail of the batch.
