@@ -4,18 +4,16 @@
 // same ids, and our greedy decoding through the fp16 KV cache the same 40 tokens.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "nlohmann/json.hpp"
 #include "runtime/engine.h"
+#include "tests/engine_test_support.h"
 
 namespace squat {
 namespace {
-
-using namespace std::chrono_literals;
 
 const std::string kModelDir = std::string(SQUAT_SOURCE_DIR) + "/models/tiny-english";
 
@@ -35,18 +33,10 @@ std::vector<int32_t> Generate(Engine& engine, const std::vector<int32_t>& prompt
   request.sampling.ignore_eos = true;
   auto stream = engine.Submit(std::move(request));
   EXPECT_TRUE(stream.ok()) << stream.status();
-  std::vector<int32_t> ids;
-  if (!stream.ok()) return ids;
-  GenerationEvent event;
-  while ((*stream)->Next(&event, 120s)) {
-    ids.insert(ids.end(), event.token_ids.begin(), event.token_ids.end());
-    if (event.finished) {
-      EXPECT_NE(event.finish_reason, FinishReason::kError) << event.error_message;
-      return ids;
-    }
-  }
-  ADD_FAILURE() << "no event for 120 s";
-  return ids;
+  if (!stream.ok()) return {};
+  const testing_support::DrainedStream drained = testing_support::DrainStream(**stream);
+  EXPECT_NE(drained.last.finish_reason, FinishReason::kError) << drained.last.error_message;
+  return drained.ids;
 }
 
 class DefaultModelTest : public ::testing::Test {

@@ -9,35 +9,15 @@
 
 #include "runtime/stop_matcher.h"
 #include "runtime/tokenizer.h"
+#include "tests/engine_test_support.h"
 
 namespace squat {
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Outcome {
-  std::vector<int32_t> ids;
-  std::vector<float> logprobs;
-  std::string text;
-  GenerationEvent last;
-  int events = 0;
-};
-
-Outcome Drain(RequestStream& stream) {
-  Outcome out;
-  GenerationEvent event;
-  while (true) {
-    EXPECT_TRUE(stream.Next(&event, 120s)) << "engine produced no event for 120 s";
-    ++out.events;
-    out.ids.insert(out.ids.end(), event.token_ids.begin(), event.token_ids.end());
-    out.logprobs.insert(out.logprobs.end(), event.logprobs.begin(), event.logprobs.end());
-    out.text += event.text;
-    if (event.finished) {
-      out.last = event;
-      return out;
-    }
-  }
-}
+using Outcome = testing_support::DrainedStream;
+using testing_support::DrainStream;
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -59,7 +39,7 @@ class EngineTest : public ::testing::Test {
     auto stream = engine_->Submit(std::move(request));
     EXPECT_TRUE(stream.ok()) << stream.status();
     if (!stream.ok()) return {};
-    return Drain(**stream);
+    return DrainStream(**stream);
   }
 
   static GenerateRequest Greedy(const std::string& prompt, int max_tokens) {
@@ -134,7 +114,7 @@ TEST_F(EngineTest, StreamedTextEqualsDecodeOfIds) {
   auto tokenizer = Tokenizer::FromFile(std::string(SQUAT_TINY_MODEL_DIR) + "/tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
   EXPECT_EQ(out.ids.size(), 20u);
-  EXPECT_GT(out.events, 20);  // one event per token plus the final one
+  EXPECT_GT(out.events.size(), 20u);  // one event per token plus the final one
   EXPECT_EQ(out.text, (*tokenizer)->Decode(out.ids));
 }
 
@@ -187,7 +167,7 @@ TEST_F(EngineTest, CancelEndsRequestWithCancelled) {
   GenerationEvent first;
   ASSERT_TRUE((*stream)->Next(&first, 60s));
   (*stream)->Cancel();
-  Outcome rest = Drain(**stream);
+  Outcome rest = DrainStream(**stream);
   EXPECT_EQ(rest.last.finish_reason, FinishReason::kCancelled);
   EXPECT_LT(rest.last.completion_tokens, 500);
   // The engine is free again.
@@ -307,7 +287,7 @@ TEST(EnginePool, EveryPageReturnsAfterMixedRequests) {
   }
   int finished = 0;
   for (auto& s : streams) {
-    Outcome out = Drain(*s);
+    Outcome out = DrainStream(*s);
     EXPECT_NE(out.last.finish_reason, FinishReason::kError) << out.last.error_message;
     ++finished;
   }
@@ -326,7 +306,7 @@ TEST(EnginePool, EveryPageReturnsAfterMixedRequests) {
   ASSERT_TRUE((*s)->Next(&first, 60s));
   EXPECT_GT((*engine)->PoolUsage().used_pages, 0);
   (*s)->Cancel();
-  EXPECT_EQ(Drain(**s).last.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(DrainStream(**s).last.finish_reason, FinishReason::kCancelled);
   EXPECT_TRUE((*engine)->WaitIdle(60s));
   EXPECT_EQ((*engine)->PoolUsage().used_pages, 0);
 }
@@ -348,11 +328,11 @@ TEST(EnginePool, LambdaZeroSquatPostEqualsKivi) {
   // One after the other: each alone, so that batching cannot round them differently.
   auto kivi = (*engine)->Submit(r);
   ASSERT_TRUE(kivi.ok()) << kivi.status();
-  Outcome a = Drain(**kivi);
+  Outcome a = DrainStream(**kivi);
   r.kv_method = "squat-post";
   auto squat = (*engine)->Submit(r);
   ASSERT_TRUE(squat.ok()) << squat.status();
-  Outcome b = Drain(**squat);
+  Outcome b = DrainStream(**squat);
   EXPECT_EQ(a.ids, b.ids);
   EXPECT_EQ(a.logprobs, b.logprobs);  // bit for bit
   (*engine)->Shutdown();
@@ -391,7 +371,7 @@ TEST(EngineAdmission, QueueBoundAndDrain) {
   EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable);
   for (auto& s : accepted) s->Cancel();
   EXPECT_TRUE((*engine)->WaitIdle(60s));
-  for (auto& s : accepted) EXPECT_EQ(Drain(*s).last.finish_reason, FinishReason::kCancelled);
+  for (auto& s : accepted) EXPECT_EQ(DrainStream(*s).last.finish_reason, FinishReason::kCancelled);
   (*engine)->Shutdown();
 }
 

@@ -6,7 +6,6 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <memory>
 #include <random>
 #include <string>
@@ -14,26 +13,11 @@
 
 #include "kvcache/device_memory.h"
 #include "runtime/engine.h"
+#include "tests/engine_test_support.h"
 #include "tests/model_test_support.h"
 
 namespace squat {
 namespace {
-
-using namespace std::chrono_literals;
-
-std::vector<int32_t> Drain(RequestStream& stream, FinishReason* reason) {
-  std::vector<int32_t> ids;
-  GenerationEvent event;
-  while (true) {
-    EXPECT_TRUE(stream.Next(&event, 120s)) << "engine produced no event for 120 s";
-    ids.insert(ids.end(), event.token_ids.begin(), event.token_ids.end());
-    if (event.finished) {
-      *reason = event.finish_reason;
-      EXPECT_TRUE(event.error_message.empty()) << event.error_message;
-      return ids;
-    }
-  }
-}
 
 // Greedy continuations of `prompts` (token ids), all submitted at once.
 std::vector<std::vector<int32_t>> GenerateAll(Engine& engine, const std::vector<std::vector<int32_t>>& prompts,
@@ -52,9 +36,10 @@ std::vector<std::vector<int32_t>> GenerateAll(Engine& engine, const std::vector<
   }
   std::vector<std::vector<int32_t>> out;
   for (auto& stream : streams) {
-    FinishReason reason = FinishReason::kNone;
-    out.push_back(Drain(*stream, &reason));
-    EXPECT_EQ(reason, FinishReason::kLength);
+    const testing_support::DrainedStream drained = testing_support::DrainStream(*stream);
+    EXPECT_TRUE(drained.last.error_message.empty()) << drained.last.error_message;
+    EXPECT_EQ(drained.last.finish_reason, FinishReason::kLength);
+    out.push_back(drained.ids);
     EXPECT_EQ(static_cast<int>(out.back().size()), max_tokens);
   }
   return out;

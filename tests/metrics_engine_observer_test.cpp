@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/engine.h"
+#include "tests/engine_test_support.h"
 
 namespace squat {
 namespace {
@@ -58,17 +59,6 @@ GenerateRequest RandomRequest(std::mt19937& rng, int prompt_len, int max_tokens)
   return r;
 }
 
-std::vector<GenerationEvent> Drain(RequestStream& stream) {
-  std::vector<GenerationEvent> events;
-  GenerationEvent event;
-  while (stream.Next(&event, 120s)) {
-    events.push_back(event);
-    if (event.finished) return events;
-  }
-  ADD_FAILURE() << "engine produced no event for 120 s";
-  return events;
-}
-
 // One request at a time: its prompt is fed in ceil(P / chunk) prefill steps of at most `chunk`
 // tokens, then each of the n - 1 later tokens in a decode step of one token.
 TEST(MetricsEngineObserverTest, StepsFollowTheChunkingOfEachRequest) {
@@ -88,7 +78,7 @@ TEST(MetricsEngineObserverTest, StepsFollowTheChunkingOfEachRequest) {
     SCOPED_TRACE(testing::Message() << "prompt " << prompt << ", max_tokens " << max_tokens << ", chunk " << chunk);
     auto stream = engine->Submit(RandomRequest(rng, prompt, max_tokens));
     ASSERT_TRUE(stream.ok()) << stream.status();
-    const std::vector<GenerationEvent> events = Drain(**stream);
+    const std::vector<GenerationEvent> events = testing_support::DrainStream(**stream).events;
     ASSERT_FALSE(events.empty());
     ASSERT_EQ(events.back().finish_reason, FinishReason::kLength);
     ASSERT_TRUE(engine->WaitIdle(10s));
@@ -139,7 +129,7 @@ TEST(MetricsEngineObserverTest, PreemptionsAndBatchedStepsAreReported) {
     streams.push_back(*stream);
   }
   for (auto& stream : streams) {
-    const std::vector<GenerationEvent> events = Drain(*stream);
+    const std::vector<GenerationEvent> events = testing_support::DrainStream(*stream).events;
     ASSERT_FALSE(events.empty());
     EXPECT_EQ(events.back().finish_reason, FinishReason::kLength) << events.back().error_message;
   }
@@ -172,7 +162,7 @@ TEST(MetricsEngineObserverTest, EventTimesOrderTheRequestsEvents) {
   ASSERT_TRUE(engine);
   auto stream = engine->Submit(RandomRequest(rng, 3 + static_cast<int>(rng() % 20), 3 + static_cast<int>(rng() % 10)));
   ASSERT_TRUE(stream.ok()) << stream.status();
-  const std::vector<GenerationEvent> events = Drain(**stream);
+  const std::vector<GenerationEvent> events = testing_support::DrainStream(**stream).events;
   ASSERT_GE(events.size(), 2u);
   const GenerationEvent& last = events.back();
   ASSERT_TRUE(last.finished);

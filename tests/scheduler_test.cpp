@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/engine_test_support.h"
+
 namespace squat {
 namespace {
 
@@ -29,28 +31,8 @@ using namespace std::chrono_literals;
 constexpr float kLogprobTolerance = 2e-3f;
 constexpr int32_t kVocab = 512;  // the tiny preset
 
-struct Outcome {
-  std::vector<int32_t> ids;
-  std::vector<float> logprobs;
-  GenerationEvent last;
-};
-
-Outcome Drain(RequestStream& stream) {
-  Outcome out;
-  GenerationEvent event;
-  while (true) {
-    if (!stream.Next(&event, 120s)) {
-      ADD_FAILURE() << "engine produced no event for 120 s";
-      return out;
-    }
-    out.ids.insert(out.ids.end(), event.token_ids.begin(), event.token_ids.end());
-    out.logprobs.insert(out.logprobs.end(), event.logprobs.begin(), event.logprobs.end());
-    if (event.finished) {
-      out.last = event;
-      return out;
-    }
-  }
-}
+using Outcome = testing_support::DrainedStream;
+using testing_support::DrainStream;
 
 std::unique_ptr<Engine> MakeEngine(EngineOptions options) {
   options.model_dir = SQUAT_TINY_MODEL_DIR;
@@ -74,7 +56,7 @@ Outcome RunAlone(Engine& engine, const GenerateRequest& request) {
   auto stream = engine.Submit(request);
   EXPECT_TRUE(stream.ok()) << stream.status();
   if (!stream.ok()) return {};
-  return Drain(**stream);
+  return DrainStream(**stream);
 }
 
 std::vector<Outcome> RunTogether(Engine& engine, const std::vector<GenerateRequest>& requests) {
@@ -86,7 +68,7 @@ std::vector<Outcome> RunTogether(Engine& engine, const std::vector<GenerateReque
     streams.push_back(*stream);
   }
   std::vector<Outcome> outcomes;
-  for (auto& s : streams) outcomes.push_back(Drain(*s));
+  for (auto& s : streams) outcomes.push_back(DrainStream(*s));
   return outcomes;
 }
 
@@ -266,7 +248,7 @@ TEST(Cancellation, FreesPagesWithinOneStep) {
   ASSERT_GT(engine->PoolUsage().used_pages, 0);
   (*solo)->Cancel();
   const int64_t steps_at_cancel = engine->Stats().steps;
-  const Outcome rest = Drain(**solo);
+  const Outcome rest = DrainStream(**solo);
   EXPECT_EQ(rest.last.finish_reason, FinishReason::kCancelled);
   EXPECT_LE(engine->Stats().steps, steps_at_cancel + 1);
   EXPECT_EQ(engine->PoolUsage().used_pages, 0);  // no WaitIdle: freed before the final event
@@ -281,14 +263,14 @@ TEST(Cancellation, FreesPagesWithinOneStep) {
   const int64_t page_bytes = engine->PoolUsage().page_bytes;
   const int64_t used_both = engine->PoolUsage().used_pages;
   (*big)->Cancel();
-  EXPECT_EQ(Drain(**big).last.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(DrainStream(**big).last.finish_reason, FinishReason::kCancelled);
   const int64_t used_after = engine->PoolUsage().used_pages;
   // 400 fp16 tokens (float32 on CPU): 2 layers * 2 KV heads * 64 * 2 (K, V) * 4 bytes each.
   const int64_t big_pages = 400 * 2 * 2 * 64 * 2 * 4 / page_bytes;
   EXPECT_LE(used_after, used_both - big_pages + 1);  // +1: the keeper may have grown a page
   EXPECT_GT(used_after, 0);
   (*keeper)->Cancel();
-  EXPECT_EQ(Drain(**keeper).last.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(DrainStream(**keeper).last.finish_reason, FinishReason::kCancelled);
   EXPECT_EQ(engine->PoolUsage().used_pages, 0);
 }
 
@@ -373,7 +355,7 @@ TEST(Admission, RequestThatCouldNeverFitIsRejected) {
   // Below both limits: accepted and completed.
   auto fits = engine->Submit(RandomGreedy(rng, 300, 4, "kivi"));
   ASSERT_TRUE(fits.ok()) << fits.status();
-  EXPECT_EQ(Drain(**fits).last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(DrainStream(**fits).last.finish_reason, FinishReason::kLength);
 }
 
 // Submit's prompt limit is exact: the longest accepted prompt of each quantized method runs to
@@ -393,7 +375,7 @@ TEST(Admission, LongestAcceptedPromptRuns) {
         return false;
       }
       (*s)->Cancel();
-      Drain(**s);
+      DrainStream(**s);
       return true;
     };
     int lo = 1, hi = 2047;  // the tiny model's context is 2048
@@ -410,7 +392,7 @@ TEST(Admission, LongestAcceptedPromptRuns) {
     EXPECT_FALSE(accepted(lo + 1));
     auto longest = engine->Submit(RandomGreedy(rng, lo, 2, method));
     ASSERT_TRUE(longest.ok()) << longest.status();
-    Outcome out = Drain(**longest);
+    Outcome out = DrainStream(**longest);
     EXPECT_EQ(out.last.finish_reason, FinishReason::kLength) << out.last.error_message;
     EXPECT_EQ(out.ids.size(), 2u);
   }
