@@ -5,38 +5,22 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "runtime/tokenizer.h"
 #include "tests/fuzz/fuzz_support.h"
-
-namespace {
-
-std::vector<std::unique_ptr<squat::Tokenizer>>* Loaded() {
-  static auto* tokenizers = [] {
-    auto* list = new std::vector<std::unique_ptr<squat::Tokenizer>>();
-    for (const char* name : {"bytelevel_tokenizer.json", "sentencepiece_tokenizer.json"}) {
-      auto tokenizer = squat::Tokenizer::FromJson(squat::fuzz::ReadDataFile(name));
-      FUZZ_CHECK(tokenizer.ok());
-      list->push_back(*std::move(tokenizer));
-    }
-    return list;
-  }();
-  return tokenizers;
-}
-
-}  // namespace
+#include "tests/fuzz/fuzz_tokenizers.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  Loaded();
+  squat::fuzz::Tokenizers();
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  const squat::Tokenizer& tokenizer = *(*Loaded())[data[0] & 1];
+  const squat::fuzz::FuzzTokenizers& loaded = squat::fuzz::Tokenizers();
+  const squat::Tokenizer& tokenizer = (data[0] & 1) ? *loaded.sentencepiece : *loaded.byte_level;
   const bool skip_special = (data[0] & 2) != 0;
   const int64_t vocab = tokenizer.vocab_size();
   std::vector<int32_t> ids;
@@ -51,15 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text = tokenizer.Decode(ids, skip_special);
   FUZZ_CHECK(squat::fuzz::IsWellFormedUtf8(text));
 
-  squat::StreamingDecoder decoder(tokenizer, skip_special);
-  std::string streamed;
-  for (int32_t id : ids) {
-    const std::string piece = decoder.Push(id);
-    FUZZ_CHECK(squat::fuzz::IsWellFormedUtf8(piece));
-    streamed += piece;
-  }
-  streamed += decoder.Flush();
-  FUZZ_CHECK(streamed == text);
+  squat::fuzz::CheckStreamingDecode(tokenizer, ids, skip_special, text);
 
   for (int32_t id : ids) {
     const std::string token = tokenizer.IdToToken(id);

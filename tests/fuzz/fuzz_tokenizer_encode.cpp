@@ -5,44 +5,15 @@
 // decode; every decode is well-formed UTF-8.
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "runtime/tokenizer.h"
 #include "tests/fuzz/fuzz_support.h"
-
-namespace {
-
-struct Tokenizers {
-  std::unique_ptr<squat::Tokenizer> byte_level;
-  std::unique_ptr<squat::Tokenizer> sentencepiece;
-};
-
-Tokenizers* Loaded() {
-  static Tokenizers* tokenizers = [] {
-    auto* t = new Tokenizers();
-    auto byte_level = squat::Tokenizer::FromJson(squat::fuzz::ReadDataFile("bytelevel_tokenizer.json"));
-    auto sentencepiece = squat::Tokenizer::FromJson(squat::fuzz::ReadDataFile("sentencepiece_tokenizer.json"));
-    FUZZ_CHECK(byte_level.ok() && sentencepiece.ok());
-    t->byte_level = *std::move(byte_level);
-    t->sentencepiece = *std::move(sentencepiece);
-    return t;
-  }();
-  return tokenizers;
-}
-
-std::string StreamDecode(const squat::Tokenizer& tokenizer, const std::vector<int32_t>& ids, bool skip_special) {
-  squat::StreamingDecoder decoder(tokenizer, skip_special);
-  std::string text;
-  for (int32_t id : ids) text += decoder.Push(id);
-  return text + decoder.Flush();
-}
-
-}  // namespace
+#include "tests/fuzz/fuzz_tokenizers.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  Loaded();
+  squat::fuzz::Tokenizers();
   return 0;
 }
 
@@ -52,8 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool use_byte_level = (flags & 1) != 0;
   const bool add_special = (flags & 2) != 0;
   const std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
-  const squat::Tokenizer& tokenizer =
-      use_byte_level ? *Loaded()->byte_level : *Loaded()->sentencepiece;
+  const squat::fuzz::FuzzTokenizers& loaded = squat::fuzz::Tokenizers();
+  const squat::Tokenizer& tokenizer = use_byte_level ? *loaded.byte_level : *loaded.sentencepiece;
 
   const std::vector<int32_t> ids = tokenizer.Encode(text, add_special);
   for (int32_t id : ids) FUZZ_CHECK(id >= 0 && id < tokenizer.vocab_size());
@@ -67,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (use_byte_level && !add_special && squat::fuzz::IsWellFormedUtf8(text)) FUZZ_CHECK(decoded == text);
 
   for (bool skip_special : {false, true}) {
-    FUZZ_CHECK(StreamDecode(tokenizer, ids, skip_special) == tokenizer.Decode(ids, skip_special));
+    squat::fuzz::CheckStreamingDecode(tokenizer, ids, skip_special, tokenizer.Decode(ids, skip_special));
   }
   return 0;
 }
