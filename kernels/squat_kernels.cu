@@ -35,13 +35,11 @@ __device__ __forceinline__ __half FromFloat<__half>(float x) { return __float2ha
 template <>
 __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// Element `channel` of (layer, part, head, slot) in a full-precision slot page.
+// Channel 0 of (layer, part, head, slot) in a full-precision slot page.
 template <typename T>
 __device__ __forceinline__ T* SlotRow(const PoolLayout& L, int32_t page, int32_t layer, int part, int32_t head,
                                       int32_t slot) {
-  const int64_t per_part = static_cast<int64_t>(L.kv_heads) * L.slots_per_page * L.head_dim;
-  const int64_t element = (2 * static_cast<int64_t>(layer) + part) * per_part +
-                          (static_cast<int64_t>(head) * L.slots_per_page + slot) * L.head_dim;
+  const int64_t element = SlotElement(L.kv_heads, L.slots_per_page, L.head_dim, layer, part, head, slot);
   return reinterpret_cast<T*>(static_cast<char*>(L.pool) + static_cast<int64_t>(page) * L.page_bytes) + element;
 }
 
@@ -55,32 +53,17 @@ struct QuantPage {
   __half* value_min;
 };
 
-__device__ __forceinline__ QuantPage QuantPageAt(const PoolLayout& L, int32_t page, int32_t layer) {
-  const int64_t h = L.kv_heads, d = L.head_dim, n = L.tokens_per_page;
-  const int64_t key_words = h * d * (n / (32 / L.k_bits));
-  const int64_t value_words = h * n * (d / (32 / L.v_bits));
-  const int64_t key_meta = h * d * (n / L.group_size);
-  const int64_t value_meta = h * n * (d / L.group_size);
-  const int64_t layer_bytes = (key_words + value_words) * 4 + (key_meta + value_meta) * 4;
-  char* base = static_cast<char*>(L.pool) + static_cast<int64_t>(page) * L.page_bytes + layer * layer_bytes;
+__device__ __forceinline__ QuantPage QuantPageAt(const PoolLayout& L, const QuantOffsets& o, int32_t page,
+                                                 int32_t layer) {
+  char* base = static_cast<char*>(L.pool) + static_cast<int64_t>(page) * L.page_bytes + layer * o.layer_bytes;
   QuantPage q;
-  q.key_words = reinterpret_cast<uint32_t*>(base);
-  q.value_words = q.key_words + key_words;
-  q.key_scale = reinterpret_cast<__half*>(q.value_words + value_words);
-  q.key_min = q.key_scale + key_meta;
-  q.value_scale = q.key_min + key_meta;
-  q.value_min = q.value_scale + value_meta;
+  q.key_words = reinterpret_cast<uint32_t*>(base + o.key_words);
+  q.value_words = reinterpret_cast<uint32_t*>(base + o.value_words);
+  q.key_scale = reinterpret_cast<__half*>(base + o.key_scale);
+  q.key_min = reinterpret_cast<__half*>(base + o.key_min);
+  q.value_scale = reinterpret_cast<__half*>(base + o.value_scale);
+  q.value_min = reinterpret_cast<__half*>(base + o.value_min);
   return q;
-}
-
-// sin and cos of a float32 angle: Cody-Waite reduction to [-pi, pi] (two-part 2 pi), then the
-// hardware approximations (abs. error ~4e-7 there). The angle itself is the float32 product
-// position * inv_freq, as the model computes it.
-__device__ __forceinline__ void SinCos(float angle, float* s, float* c) {
-  const float turns = rintf(angle * 0.15915494309189535f);
-  float r = fmaf(-turns, 6.28318548202514648f, angle);  // float(2 pi) is 2 pi + 1.7484556e-7
-  r = fmaf(turns, 1.7484556e-7f, r);
-  __sincosf(r, s, c);
 }
 
 __device__ __forceinline__ float WarpMax(float x) {
@@ -100,27 +83,6 @@ __device__ __forceinline__ float WarpSum(float x) {
 // Each tile first resolves its tokens' pages once (one lane per token); then full-precision
 // rows are read 16 bytes at a time, packed keys one word (fpi tokens of a channel) and packed
 // values one word (fpi channels of a token) per thread.
-
-// Byte offsets of one layer's blocks inside a quantized page, computed once per block.
-struct QuantOffsets {
-  int64_t layer_bytes, value_words, key_scale, key_min, value_scale, value_min;
-};
-
-__device__ __forceinline__ QuantOffsets QuantOffsetsOf(const PoolLayout& L) {
-  const int64_t h = L.kv_heads, d = L.head_dim, n = L.tokens_per_page;
-  const int64_t key_words = h * d * (n / (32 / L.k_bits));
-  const int64_t value_words = h * n * (d / (32 / L.v_bits));
-  const int64_t key_meta = h * d * (n / L.group_size);
-  const int64_t value_meta = h * n * (d / L.group_size);
-  QuantOffsets o;
-  o.layer_bytes = (key_words + value_words) * 4 + (key_meta + value_meta) * 4;
-  o.value_words = key_words * 4;
-  o.key_scale = (key_words + value_words) * 4;
-  o.key_min = o.key_scale + key_meta * 2;
-  o.value_scale = o.key_min + key_meta * 2;
-  o.value_min = o.value_scale + value_meta * 2;
-  return o;
-}
 
 // Head dim and bit widths are template parameters so that index arithmetic is by constants and
 // the unpacking loops unroll (the kernel is instruction-bound at 2 bits otherwise).
@@ -159,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   constexpr int vecs = D / kPerVec;
   const char* pool = static_cast<const char*>(L.pool);
   QuantOffsets qo{};
-  if (kQuantized) qo = QuantOffsetsOf(L);
+  if (kQuantized) qo = QuantLayerOffsets(L);
   const int key_words_per_row = kQuantized ? tpp / fpi_k : 0, key_meta_per_row = kQuantized ? tpp / G : 0;
   constexpr int value_words_per_row = D / fpi_v;
   const int value_meta_per_row = D / G;
@@ -241,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
         const char* base = key_src[i0];
         const int off = token_off[i0];
         const int64_t row = static_cast<int64_t>(h) * D + c;
-        const uint32_t word = reinterpret_cast<const uint32_t*>(base)[row * key_words_per_row + off / fpi_k];
+        const uint32_t word = reinterpret_cast<const uint32_t*>(base + qo.key_words)[row * key_words_per_row + off / fpi_k];
         const int64_t meta = row * key_meta_per_row + off / G;
         const float s = __half2float(reinterpret_cast<const __half*>(base + qo.key_scale)[meta]);
         const float m = __half2float(reinterpret_cast<const __half*>(base + qo.key_min)[meta]);
@@ -264,11 +226,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
     if (kPreRope) {
       for (int e = tid; e < count * half_d; e += kThreads) {
         const int i = e / half_d, c = e % half_d;
-        float s, co;
-        SinCos(static_cast<float>(t0 + i) * a.inv_freq[c], &s, &co);
-        const float x1 = tile[i * pitch + c], x2 = tile[i * pitch + c + half_d];
-        tile[i * pitch + c] = x1 * co - x2 * s;
-        tile[i * pitch + c + half_d] = x2 * co + x1 * s;
+        const float* angles = a.rope_table + static_cast<int64_t>(t0 + i) * D;
+        RotatePair(tile[i * pitch + c], tile[i * pitch + c + half_d], angles[c], angles[half_d + c],
+                   &tile[i * pitch + c], &tile[i * pitch + c + half_d]);
       }
       __syncthreads();
     }
@@ -446,13 +406,35 @@ cudaError_t DispatchAttention(const DecodeArgs& a, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Key groups: one block per (job, KV head), one thread per channel.
+// Quantization tasks: one block per (task block, KV head), one thread per channel. A task's
+// blocks are its (layer, group) or (layer, token) pairs, layer-major; a block finds its task by
+// binary search over the tasks' first_block.
 
+template <typename Task>
+__device__ __forceinline__ int32_t TaskOf(const Task* tasks, int32_t num_tasks, int32_t block) {
+  int32_t lo = 0, hi = num_tasks - 1;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi + 1) / 2;
+    if (tasks[mid].first_block <= block) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// One G-token key group of one layer: from the task's source slots to its quantized tokens.
 template <typename T>
-__global__ void KeyGroupKernel(PoolLayout L, const KeyGroupJob* jobs, const int32_t* page_ids, int block_size) {
+__global__ void KeyTaskKernel(PoolLayout L, const KeyTask* tasks, int32_t num_tasks, const int32_t* page_ids,
+                              int block_size) {
   extern __shared__ float smem[];
-  const KeyGroupJob job = jobs[blockIdx.x];
+  const KeyTask task = tasks[TaskOf(tasks, num_tasks, blockIdx.x)];
+  const int32_t local = blockIdx.x - task.first_block;
+  const int32_t layer = local / task.num_groups, group = local % task.num_groups;
   const int h = blockIdx.y, c = threadIdx.x, D = L.head_dim, G = L.group_size, g = block_size;
+  const int32_t src_first_slot = task.src_first_slot + group * G;
+  const int32_t dst_first_token = task.dst_first_token + group * G;
   float* x = smem;                 // [G][D] compensated targets
   float* error = x + G * D;        // [G][g] error of the block just quantized
   float* comp = error + G * g;     // [g][D - g] C_i of the current block
@@ -461,18 +443,16 @@ __global__ void KeyGroupKernel(PoolLayout L, const KeyGroupJob* jobs, const int3
   const float max_code = static_cast<float>((1 << L.k_bits) - 1);
 
   for (int t = 0; t < G; ++t) {
-    const int slot = job.src_first_slot + t;
-    x[t * D + c] = ToFloat(SlotRow<T>(L, page_ids[job.src_pages + slot / spp], job.layer, 0, h, slot % spp)[c]);
+    const int slot = src_first_slot + t;
+    x[t * D + c] = ToFloat(SlotRow<T>(L, page_ids[task.src_pages + slot / spp], layer, 0, h, slot % spp)[c]);
   }
-  const QuantPage dst = QuantPageAt(L, page_ids[job.dst_pages + job.dst_first_token / tpp], job.layer);
-  const int off = job.dst_first_token % tpp;
+  const QuantPage dst = QuantPageAt(L, QuantLayerOffsets(L), page_ids[task.dst_pages + dst_first_token / tpp], layer);
+  const int off = dst_first_token % tpp;
   const int64_t row = static_cast<int64_t>(h) * D + c;
 
   // This head's C_i start in the state pages.
   const int64_t floats_per_page = L.page_bytes / 4;
-  int64_t floats_per_head = 0;
-  for (int done = g; done < D; done += g) floats_per_head += static_cast<int64_t>(g) * (D - done);
-  int64_t comp_offset = (static_cast<int64_t>(job.layer) * L.kv_heads + h) * floats_per_head;
+  int64_t comp_offset = SquatStateHeadOffset(layer, h, L.kv_heads, SquatStateFloatsPerHead(D, g));
 
   const int blocks = D / g;
   for (int b = 0; b < blocks; ++b) {
@@ -497,13 +477,13 @@ __global__ void KeyGroupKernel(PoolLayout L, const KeyGroupJob* jobs, const int3
       dst.key_scale[meta] = scale_h;
       dst.key_min[meta] = min_h;
     }
-    const bool compensate = job.state_pages >= 0 && b + 1 < blocks;
+    const bool compensate = task.state_pages >= 0 && b + 1 < blocks;
     const int cols = D - rest;
     if (compensate) {
       for (int e = c; e < g * cols; e += blockDim.x) {
         const int64_t f = comp_offset + e;
         const float* page = reinterpret_cast<const float*>(static_cast<const char*>(L.pool) +
-                                                           static_cast<int64_t>(page_ids[job.state_pages + f / floats_per_page]) * L.page_bytes);
+                                                           static_cast<int64_t>(page_ids[task.state_pages + f / floats_per_page]) * L.page_bytes);
         comp[e] = page[f % floats_per_page];
       }
     }
@@ -527,18 +507,20 @@ __global__ void KeyGroupKernel(PoolLayout L, const KeyGroupJob* jobs, const int3
   }
 }
 
-size_t KeyGroupSmemBytes(const PoolLayout& L, int g) {
+size_t KeyTaskSmemBytes(const PoolLayout& L, int g) {
   const int G = L.group_size, D = L.head_dim;
   return (static_cast<size_t>(G) * D + G * g + g * (D - g)) * sizeof(float) + static_cast<size_t>(G) * D;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Value tokens: one block per (job, KV head), one thread per channel.
-
+// One value token of one layer.
 template <typename T>
-__global__ void ValueTokenKernel(PoolLayout L, const ValueTokenJob* jobs, const int32_t* page_ids) {
+__global__ void ValueTaskKernel(PoolLayout L, const ValueTask* tasks, int32_t num_tasks, const int32_t* page_ids) {
   extern __shared__ float smem[];
-  const ValueTokenJob job = jobs[blockIdx.x];
+  const ValueTask task = tasks[TaskOf(tasks, num_tasks, blockIdx.x)];
+  const int32_t local = blockIdx.x - task.first_block;
+  const int32_t layer = local / task.num_tokens, t = local % task.num_tokens;
+  const int32_t src_slot = task.ring > 0 ? (task.src_first_slot + t) % task.ring : task.src_first_slot + t;
+  const int32_t dst_token = task.dst_first_token + t;
   const int h = blockIdx.y, c = threadIdx.x, D = L.head_dim, G = L.group_size;
   float* x = smem;              // [D]
   float* scale = x + D;         // [D / G]
@@ -547,10 +529,10 @@ __global__ void ValueTokenKernel(PoolLayout L, const ValueTokenJob* jobs, const 
   const int spp = L.slots_per_page, tpp = L.tokens_per_page;
   const float max_code = static_cast<float>((1 << L.v_bits) - 1);
 
-  x[c] = ToFloat(SlotRow<T>(L, page_ids[job.src_pages + job.src_slot / spp], job.layer, 1, h, job.src_slot % spp)[c]);
+  x[c] = ToFloat(SlotRow<T>(L, page_ids[task.src_pages + src_slot / spp], layer, 1, h, src_slot % spp)[c]);
   __syncthreads();
-  const QuantPage dst = QuantPageAt(L, page_ids[job.dst_pages + job.dst_token / tpp], job.layer);
-  const int64_t row = static_cast<int64_t>(h) * tpp + job.dst_token % tpp;
+  const QuantPage dst = QuantPageAt(L, QuantLayerOffsets(L), page_ids[task.dst_pages + dst_token / tpp], layer);
+  const int64_t row = static_cast<int64_t>(h) * tpp + dst_token % tpp;
   if (c % G == 0) {
     float lo = x[c], hi = x[c];
     for (int k = 1; k < G; ++k) {
@@ -578,6 +560,25 @@ __global__ void ValueTokenKernel(PoolLayout L, const ValueTokenJob* jobs, const 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Slot rows: one block per (entry, KV head), 16-byte vectors.
+
+template <typename T>
+__global__ void StoreSlotRowsKernel(PoolLayout L, int32_t layer, const int32_t* slots, const T* k,
+                                    int64_t k_row_stride, const T* v, int64_t v_row_stride) {
+  const int32_t h = blockIdx.y;
+  const int32_t r = slots[3 * blockIdx.x], page = slots[3 * blockIdx.x + 1], slot = slots[3 * blockIdx.x + 2];
+  const int vecs = L.head_dim * static_cast<int>(sizeof(T)) / 16;
+  const uint4* k_src = reinterpret_cast<const uint4*>(k + r * k_row_stride + static_cast<int64_t>(h) * L.head_dim);
+  const uint4* v_src = reinterpret_cast<const uint4*>(v + r * v_row_stride + static_cast<int64_t>(h) * L.head_dim);
+  uint4* k_dst = reinterpret_cast<uint4*>(SlotRow<T>(L, page, layer, 0, h, slot));
+  uint4* v_dst = reinterpret_cast<uint4*>(SlotRow<T>(L, page, layer, 1, h, slot));
+  for (int i = threadIdx.x; i < vecs; i += blockDim.x) {
+    k_dst[i] = k_src[i];
+    v_dst[i] = v_src[i];
+  }
+}
+
 template <template <typename> class Launcher, typename... Args>
 cudaError_t ByDType(DType dtype, Args&&... args) {
   switch (dtype) {
@@ -593,21 +594,30 @@ struct AttentionLauncher {
   static cudaError_t Run(const DecodeArgs& a, cudaStream_t s) { return DispatchAttention<T>(a, s); }
 };
 template <typename T>
-struct KeyGroupLauncher {
-  static cudaError_t Run(const PoolLayout& L, const KeyGroupJob* jobs, int32_t n, const int32_t* ids, int g,
-                         cudaStream_t s) {
-    const size_t smem = KeyGroupSmemBytes(L, g);
-    if (cudaError_t e = AllowSmem(KeyGroupKernel<T>, smem); e != cudaSuccess) return e;
-    KeyGroupKernel<T><<<dim3(n, L.kv_heads), L.head_dim, smem, s>>>(L, jobs, ids, g);
+struct KeyTaskLauncher {
+  static cudaError_t Run(const PoolLayout& L, const KeyTask* tasks, int32_t n, int32_t blocks, const int32_t* ids,
+                         int g, cudaStream_t s) {
+    const size_t smem = KeyTaskSmemBytes(L, g);
+    if (cudaError_t e = AllowSmem(KeyTaskKernel<T>, smem); e != cudaSuccess) return e;
+    KeyTaskKernel<T><<<dim3(blocks, L.kv_heads), L.head_dim, smem, s>>>(L, tasks, n, ids, g);
     return cudaGetLastError();
   }
 };
 template <typename T>
-struct ValueTokenLauncher {
-  static cudaError_t Run(const PoolLayout& L, const ValueTokenJob* jobs, int32_t n, const int32_t* ids,
+struct ValueTaskLauncher {
+  static cudaError_t Run(const PoolLayout& L, const ValueTask* tasks, int32_t n, int32_t blocks, const int32_t* ids,
                          cudaStream_t s) {
     const size_t smem = (L.head_dim + 2 * (L.head_dim / L.group_size)) * sizeof(float) + L.head_dim;
-    ValueTokenKernel<T><<<dim3(n, L.kv_heads), L.head_dim, smem, s>>>(L, jobs, ids);
+    ValueTaskKernel<T><<<dim3(blocks, L.kv_heads), L.head_dim, smem, s>>>(L, tasks, n, ids);
+    return cudaGetLastError();
+  }
+};
+template <typename T>
+struct StoreLauncher {
+  static cudaError_t Run(const PoolLayout& L, int32_t layer, const int32_t* slots, int32_t rows, const void* k,
+                         int64_t k_stride, const void* v, int64_t v_stride, cudaStream_t s) {
+    StoreSlotRowsKernel<T><<<dim3(rows, L.kv_heads), 32, 0, s>>>(L, layer, slots, static_cast<const T*>(k), k_stride,
+                                                                 static_cast<const T*>(v), v_stride);
     return cudaGetLastError();
   }
 };
@@ -631,7 +641,7 @@ bool LayoutSupported(const PoolLayout& layout, bool quantized) { return ValidLay
 
 int PagedDecodeAttention(const DecodeArgs& args, void* stream) {
   if (args.num_sequences == 0) return cudaSuccess;
-  if (!ValidLayout(args.layout, args.quantized) || (args.pre_rope && args.inv_freq == nullptr)) {
+  if (!ValidLayout(args.layout, args.quantized) || (args.pre_rope && args.rope_table == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (args.num_splits > 1 &&
@@ -641,19 +651,33 @@ int PagedDecodeAttention(const DecodeArgs& args, void* stream) {
   return ByDType<AttentionLauncher>(args.layout.dtype, args, static_cast<cudaStream_t>(stream));
 }
 
-int QuantizeKeyGroups(const PoolLayout& layout, const KeyGroupJob* jobs, int32_t num_jobs, const int32_t* page_ids,
-                      int32_t block_size, void* stream) {
-  if (num_jobs == 0) return cudaSuccess;
+int QuantizeKeyTasks(const PoolLayout& layout, const KeyTask* tasks, int32_t num_tasks, int32_t total_blocks,
+                     const int32_t* page_ids, int32_t block_size, void* stream) {
+  if (num_tasks == 0 || total_blocks == 0) return cudaSuccess;
   if (!ValidLayout(layout, true) || block_size <= 0 || layout.head_dim % block_size != 0) return cudaErrorInvalidValue;
-  return ByDType<KeyGroupLauncher>(layout.dtype, layout, jobs, num_jobs, page_ids, block_size,
-                                   static_cast<cudaStream_t>(stream));
+  return ByDType<KeyTaskLauncher>(layout.dtype, layout, tasks, num_tasks, total_blocks, page_ids, block_size,
+                                  static_cast<cudaStream_t>(stream));
 }
 
-int QuantizeValueTokens(const PoolLayout& layout, const ValueTokenJob* jobs, int32_t num_jobs, const int32_t* page_ids,
-                        void* stream) {
-  if (num_jobs == 0) return cudaSuccess;
+int QuantizeValueTasks(const PoolLayout& layout, const ValueTask* tasks, int32_t num_tasks, int32_t total_blocks,
+                       const int32_t* page_ids, void* stream) {
+  if (num_tasks == 0 || total_blocks == 0) return cudaSuccess;
   if (!ValidLayout(layout, true)) return cudaErrorInvalidValue;
-  return ByDType<ValueTokenLauncher>(layout.dtype, layout, jobs, num_jobs, page_ids, static_cast<cudaStream_t>(stream));
+  return ByDType<ValueTaskLauncher>(layout.dtype, layout, tasks, num_tasks, total_blocks, page_ids,
+                                    static_cast<cudaStream_t>(stream));
+}
+
+int StoreSlotRows(const PoolLayout& layout, int32_t layer, const int32_t* slots, int32_t num_entries, const void* k,
+                  int64_t k_row_stride, const void* v, int64_t v_row_stride, void* stream) {
+  if (num_entries == 0) return cudaSuccess;
+  if (!ValidLayout(layout, false) || layer < 0 || layer >= layout.num_layers) return cudaErrorInvalidValue;
+  const int64_t align = 16 / DTypeBytes(layout.dtype);  // rows are copied as 16-byte vectors
+  if (reinterpret_cast<uintptr_t>(k) % 16 != 0 || reinterpret_cast<uintptr_t>(v) % 16 != 0 ||
+      k_row_stride % align != 0 || v_row_stride % align != 0) {
+    return cudaErrorInvalidValue;
+  }
+  return ByDType<StoreLauncher>(layout.dtype, layout, layer, slots, num_entries, k, k_row_stride, v, v_row_stride,
+                                static_cast<cudaStream_t>(stream));
 }
 
 DecodeSplit ChooseDecodeSplit(int32_t num_sequences, int32_t kv_heads, int32_t max_tokens) {

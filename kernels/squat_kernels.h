@@ -1,33 +1,15 @@
 // CUDA kernels of the paged KV cache with a plain C++ API (raw pointers, sizes, a `void*`
 // stream; nullptr = the legacy default stream, which LibTorch uses unless told otherwise).
 // No torch and no CUDA headers here, so that g++ translation units with ATen can include it.
-//
-// Page layout (docs/kv-cache.md): the pool is one byte array of `page_bytes` pages.
-// - Full-precision slot pages (fp16 format, residual windows, prompt staging), per layer:
-//   K [H_kv, slots_per_page, d] then V [H_kv, slots_per_page, d] in the compute dtype.
-// - Quantized pages, per layer: K words int32 [H_kv, d, tpp / (32 / k_bits)] (tokens packed,
-//   LSB first), V words int32 [H_kv, tpp, d / (32 / v_bits)] (channels packed), then fp16
-//   K scale, K min [H_kv, d, tpp / G], V scale, V min [H_kv, tpp, d / G].
-// - SQuat state: float32 C_i per (layer, KV head), floats laid over pages in order.
+// The page layout (and PoolLayout) is kernels/page_layout.h, shared with the host code.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/page_layout.h"
+
 namespace squat::kernels {
-
-enum class DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-struct PoolLayout {
-  void* pool = nullptr;  // device base of page 0
-  int64_t page_bytes = 0;
-  int32_t num_layers = 0, kv_heads = 0, q_heads = 0, head_dim = 0;
-  DType dtype = DType::kFloat16;  // full-precision slots, q, new k/v, output
-  int32_t slots_per_page = 0;     // full-precision token slots per page
-  // Quantized formats only.
-  int32_t k_bits = 2, v_bits = 2, group_size = 32, residual_length = 32;
-  int32_t tokens_per_page = 0;  // quantized tokens per page
-};
 
 // One sequence of a decode step (shared by every layer: the windows move in lockstep).
 // Page-table fields are offsets into the step's page-id array.
@@ -56,7 +38,9 @@ struct DecodeArgs {
   int64_t k_row_stride = 0;
   const void* v_new = nullptr;  // [rows, H_kv, d]
   int64_t v_row_stride = 0;
-  const float* inv_freq = nullptr;  // device [d / 2] (pre_rope)
+  // pre_rope: the model's RoPE table, device float32 [rope_positions, d] (page_layout.h).
+  const float* rope_table = nullptr;
+  int32_t rope_positions = 0;
   void* out = nullptr;              // [rows, H_q, d]
   int64_t out_row_stride = 0;
   // Split-KV (flash-decoding): with num_splits > 1, the tokens of each (sequence, KV head) are
@@ -79,39 +63,53 @@ DecodeSplit ChooseDecodeSplit(int32_t num_sequences, int32_t kv_heads, int32_t m
 // Floats of the split-KV workspace for these sizes.
 int64_t DecodeWorkspaceFloats(int32_t num_sequences, int32_t q_heads, int32_t head_dim, int32_t num_splits);
 
-// Whether the kernels handle this layout (head_dim a multiple of 8 up to 1024, 16-byte aligned
-// pages; for quantized formats bits 2 or 4, G dividing d and the page's tokens, ...).
+// Whether the kernels handle this layout (head_dim 64, 128 or 256, 16-byte aligned pages; for
+// quantized formats bits 2 or 4, G dividing d and the page's tokens, ...).
 bool LayoutSupported(const PoolLayout& layout, bool quantized);
 
 // Appends each sequence's new key and value to its pages (residual windows / fp16 slots) and
 // computes its attention output over all N tokens: scores 1/sqrt(d) q.k (keys dequantized and,
-// for pre_rope, rotated at their positions 0..N-1), float32 softmax, probabilities times
-// dequantized values. Query head j reads KV head j / (H_q / H_kv). One launch for the batch.
+// for pre_rope, rotated at their positions 0..N-1 with the RoPE table, RotatePair), float32
+// softmax, probabilities times dequantized values. Query head j reads KV head j / (H_q / H_kv). One launch for the batch.
 // Returns 0 or a CUDA error code (ErrorString).
 int PagedDecodeAttention(const DecodeArgs& args, void* stream);
 
-// Quantization of one G-token key group of one sequence and layer (every KV head): source
-// slots [src_first_slot, + G) of full-precision slot pages (K part), destination tokens
-// [dst_first_token, + G) of quantized pages (a whole group, inside one page). With state_pages
-// >= 0 the channel blocks of `block_size` are quantized in order and each block's error is fed
-// forward through that sequence's C_i (spec 4.4); otherwise plain KIVI.
-struct KeyGroupJob {
-  int32_t layer = 0;
+// Quantization work of one sequence, for every layer at once (the windows of all layers move
+// in lockstep). Page-table fields are offsets into the page-id array.
+//
+// KeyTask: num_groups G-token key groups, from full-precision slots [src_first_slot, + G
+// num_groups) of src_pages (K part: a residual window or prompt staging) into quantized tokens
+// [dst_first_token, ...) of dst_pages (whole groups). With state_pages >= 0 the channel blocks
+// of `block_size` are quantized in order and each block's error is fed forward through that
+// sequence's C_i (spec 4.4); otherwise plain KIVI.
+struct KeyTask {
   int32_t src_pages = 0, src_first_slot = 0;
   int32_t dst_pages = 0, dst_first_token = 0;
   int32_t state_pages = -1;
+  int32_t num_groups = 0;
+  int32_t first_block = 0;  // blocks of earlier tasks in the launch: sum of num_groups * layers
 };
-// One value token of one sequence and layer (every KV head): source slot (V part) -> quantized
-// token (per token over G channels, spec 5.2).
-struct ValueTokenJob {
-  int32_t layer = 0;
-  int32_t src_pages = 0, src_slot = 0;
-  int32_t dst_pages = 0, dst_token = 0;
+// ValueTask: num_tokens value tokens (per token over G channels, spec 5.2), token t from slot
+// src_first_slot + t (modulo ring when ring > 0; V part) into quantized token dst_first_token + t.
+struct ValueTask {
+  int32_t src_pages = 0, src_first_slot = 0, ring = 0;
+  int32_t dst_pages = 0, dst_first_token = 0;
+  int32_t num_tokens = 0;
+  int32_t first_block = 0;  // sum of num_tokens * layers over earlier tasks
 };
-int QuantizeKeyGroups(const PoolLayout& layout, const KeyGroupJob* jobs, int32_t num_jobs,
-                      const int32_t* page_ids, int32_t block_size, void* stream);
-int QuantizeValueTokens(const PoolLayout& layout, const ValueTokenJob* jobs, int32_t num_jobs,
-                        const int32_t* page_ids, void* stream);
+// One launch each; total_blocks = the last task's first_block + its blocks. One block per
+// (layer, group or token) and KV head.
+int QuantizeKeyTasks(const PoolLayout& layout, const KeyTask* tasks, int32_t num_tasks, int32_t total_blocks,
+                     const int32_t* page_ids, int32_t block_size, void* stream);
+int QuantizeValueTasks(const PoolLayout& layout, const ValueTask* tasks, int32_t num_tasks, int32_t total_blocks,
+                       const int32_t* page_ids, void* stream);
+
+// Writes rows of new keys and values into full-precision slots of one layer: entry i of
+// `slots` (device int32 triples: row, page id, slot) copies row `row` of k (k + row *
+// k_row_stride) and of v ([H_kv, d] each, compute dtype, 16-byte aligned) into that slot's K
+// and V parts. One launch for num_entries entries.
+int StoreSlotRows(const PoolLayout& layout, int32_t layer, const int32_t* slots, int32_t num_entries, const void* k,
+                  int64_t k_row_stride, const void* v, int64_t v_row_stride, void* stream);
 
 // Small runtime helpers so that callers need no CUDA headers.
 const char* ErrorString(int error);

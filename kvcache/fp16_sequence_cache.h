@@ -6,48 +6,41 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 #include "absl/status/status.h"
-#include "kvcache/batched_decode.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
-#include "kvcache/paged_stores.h"
 
 namespace squat::kv {
 
-class Fp16SequenceCache final : public SequenceKvCache, public BatchDecodable {
+class Fp16SequenceCache final : public SequenceKvCache {
  public:
   Fp16SequenceCache(const KvModelShape& shape, const KvFormat& format, int64_t reserved_tokens,
                     std::shared_ptr<PagePool> pool, PageLease pages);
 
   int64_t length() const override { return length_; }
   const KvFormat& format() const override { return format_; }
-  // Prompt chunks simply append. Unlike the quantized formats, any T is accepted after the
-  // prompt too (several tokens appended at once).
-  at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre, const at::Tensor& k_rot,
-                    const at::Tensor& v) override;
-  void Commit(int64_t num_tokens, bool prompt_complete = true) override;
+  bool prompt_complete() const override { return prompt_complete_; }
   absl::Status Reserve(int64_t total_tokens) override;
   int64_t reserved_tokens() const override { return reserved_; }
-  std::shared_ptr<const SquatSubspace> subspace() const override { return nullptr; }
   int64_t pages() const override { return pages_.size(); }
+  std::shared_ptr<const SquatSubspace> subspace() const override { return nullptr; }
 
-  // Batched CUDA decode (batched_decode.h).
-  bool PlanBatchedDecode(DecodePlan* plan) const override;
-  void CompleteBatchedDecode() override;
+  // One row is a decode step (paged decode attention); several are a chunk attended in full
+  // precision over the slots, before or after the prompt ends.
+  void Plan(int64_t num_tokens, bool prompt_complete, StepPlanner& planner, SequenceStep& step) const override;
+  void AddPromptQueries(int64_t, const at::Tensor&) override {}
+  void PrepareTasks(const SequenceStep&) override {}
+  void Commit(const SequenceStep& step) override;
 
  private:
   KvModelShape shape_;
   KvFormat format_;
   int64_t reserved_;
   std::shared_ptr<PagePool> pool_;
-  int64_t tokens_per_page_;
   PageLease pages_;
-  Fp16SlotStore slots_;
   int64_t length_ = 0;
   bool prompt_complete_ = false;
-  std::vector<int64_t> stored_;  // tokens stored per layer (length_ + T between Attend and Commit)
 };
 
 }  // namespace squat::kv

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "kvcache/attention_backend.h"
 #include "kvcache/fp16_sequence_cache.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/page_pool.h"
@@ -101,9 +102,10 @@ absl::Status ValidateShape(const KvModelShape& s) {
   if (!at::isFloatingType(s.compute_dtype)) {
     return absl::InvalidArgumentError("KV cache: compute dtype must be floating point");
   }
-  if (s.inv_freq.defined() && s.inv_freq.numel() != s.head_dim / 2) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: inv_freq has ", s.inv_freq.numel(),
-                                                   " entries, expected head_dim / 2 = ", s.head_dim / 2));
+  if (!s.rope_table.defined() || s.rope_table.dim() != 2 || s.rope_table.size(0) <= 0 ||
+      s.rope_table.size(1) != s.head_dim || s.rope_table.scalar_type() != at::kFloat) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: the RoPE table must be float32 [positions, head_dim = ",
+                                                   s.head_dim, "]"));
   }
   return absl::OkStatus();
 }
@@ -114,13 +116,38 @@ absl::Status ValidateShape(const KvModelShape& s) {
 // whole lifetime, even when no sequence uses it.
 using SharedStateKey = std::tuple<int64_t, int64_t, double>;
 
+}  // namespace
+
+int64_t ResumeState::pages() const {
+  return subspace_ && !subspace_->manager_shared() ? subspace_->pages() : 0;
+}
+
 class PagedKvCacheManager final : public KvCacheManager {
  public:
   PagedKvCacheManager(KvModelShape shape, KvFormat default_format, std::shared_ptr<PagePool> pool)
-      : shape_(std::move(shape)), default_format_(default_format), pool_(std::move(pool)) {}
+      : shape_(std::move(shape)), default_format_(default_format), pool_(std::move(pool)),
+        backend_(AttentionBackend::Create(shape_, pool_)) {}
 
-  absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(
-      const KvFormat& format, int64_t max_tokens, std::shared_ptr<const SquatSubspace> reuse_subspace) override;
+  absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(const KvFormat& format, int64_t max_tokens,
+                                                               const ResumeState* resume) override;
+  ResumeState Preempt(std::unique_ptr<SequenceKvCache> cache) override {
+    ResumeState resume;
+    if (!cache) return resume;
+    resume.replays_decode_ = IsQuantized(cache->format().method);
+    resume.subspace_ = cache->subspace();
+    cache.reset();  // its pages go back to the pool now
+    return resume;
+  }
+  const KvModelShape& shape() const override { return shape_; }
+  const PagePool& pool() const override { return *pool_; }
+  std::shared_ptr<const PagePool> shared_pool() const override { return pool_; }
+  AttentionBackend& backend() override { return *backend_; }
+  int64_t StepPageIds(int64_t max_sequences) const override {
+    KvFormat squat = default_format_;
+    squat.method = KvMethod::kSquatPre;
+    if (squat.block_size <= 0 || shape_.head_dim % squat.block_size != 0) squat.block_size = shape_.head_dim / 2;
+    return pool_->total_pages() + max_sequences * SquatStatePages(shape_, squat, pool_->page_bytes());
+  }
 
   PoolStats stats() const override {
     PoolStats s;
@@ -158,13 +185,9 @@ class PagedKvCacheManager final : public KvCacheManager {
 
  private:
   static SharedStateKey KeyOf(const KvFormat& f) { return {f.block_size, f.subspace_dim, f.lambda}; }
-  // Pages NewSequence(format, tokens) reserves: steady state, prompt staging and, while it
-  // collects its prompt's queries, the Gram and the pending query rows.
+  // Pages NewSequence(format, tokens) reserves.
   int64_t PromptPages(const KvFormat& format, int64_t tokens, bool collects_queries) const {
-    const int64_t page_bytes = pool_->page_bytes();
-    return PagesForSequence(shape_, format, page_bytes, tokens).total() +
-           PromptStagingPages(shape_, format, page_bytes, tokens) +
-           (collects_queries ? QueryGramPages(shape_, page_bytes) + PendingQueryPages(shape_, page_bytes) : 0);
+    return PeakPagesForSequence(shape_, format, pool_->page_bytes(), tokens, collects_queries);
   }
 
   KvModelShape shape_;
@@ -172,10 +195,13 @@ class PagedKvCacheManager final : public KvCacheManager {
   std::shared_ptr<PagePool> pool_;
   std::mutex shared_mutex_;
   std::map<SharedStateKey, std::shared_ptr<SquatSubspace>> shared_states_;
+  std::unique_ptr<AttentionBackend> backend_;
 };
 
-absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequence(
-    const KvFormat& format, int64_t max_tokens, std::shared_ptr<const SquatSubspace> reuse_subspace) {
+absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequence(const KvFormat& format,
+                                                                                  int64_t max_tokens,
+                                                                                  const ResumeState* resume) {
+  const std::shared_ptr<const SquatSubspace> reuse_subspace = resume ? resume->subspace_ : nullptr;
   if (absl::Status valid = ValidateKvFormat(format, shape_.head_dim); !valid.ok()) return valid;
   if (max_tokens <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: max_tokens must be > 0, got ", max_tokens));
@@ -185,10 +211,6 @@ absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequenc
   if (per_page == 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV format ", Describe(format), " is unavailable with this pool: ",
                                                    "one page (", page_bytes, " bytes) holds no whole block of it"));
-  }
-  if (format.method == KvMethod::kSquatPre &&
-      !(shape_.inv_freq.defined() && shape_.inv_freq.numel() == shape_.head_dim / 2)) {
-    return absl::InvalidArgumentError("KV format squat (pre-RoPE keys) needs the model's inv_freq");
   }
   const bool squat = HasSquatState(format.method);
   if (reuse_subspace) {
@@ -257,8 +279,6 @@ absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequenc
       shape_, format, max_tokens, pool_, std::move(leases), std::move(used), collects_queries ? state : nullptr));
 }
 
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<KvCacheManager>> KvCacheManager::Create(const KvModelShape& shape,
                                                                         const KvFormat& default_format,
                                                                         int64_t pool_bytes) {
@@ -275,7 +295,7 @@ absl::StatusOr<std::unique_ptr<KvCacheManager>> KvCacheManager::Create(const KvM
   KvModelShape stored = shape;
   // "cuda" names no index; the allocation's device does (cuda:N), and inputs are checked against it.
   stored.device = (*pool)->device();
-  if (stored.inv_freq.defined()) stored.inv_freq = stored.inv_freq.to(stored.device, at::kFloat).contiguous();
+  stored.rope_table = stored.rope_table.to(stored.device).contiguous();
   return std::unique_ptr<KvCacheManager>(new PagedKvCacheManager(std::move(stored), default_format, *std::move(pool)));
 }
 

@@ -1,5 +1,8 @@
-// The paged KV cache: one page pool carved from a single allocation, and per-sequence caches
-// in fp16 (full precision), kivi, squat (pre-RoPE keys) or squat-post format.
+// The paged KV cache: one page pool carved from a single allocation, the attention backend
+// that reads and writes it, and per-sequence caches in fp16 (full precision), kivi, squat
+// (pre-RoPE keys) or squat-post format. A sequence cache owns its pages and its window state
+// machine; the step protocol that drives it (one StepBatch per engine step, one attention call
+// per layer) is kvcache/step_batch.h and kvcache/attention_backend.h.
 // Internal to runtime/ and kvcache/ (includes ATen).
 #pragma once
 
@@ -44,7 +47,9 @@ struct KvModelShape {
   int64_t head_dim = 0;
   at::ScalarType compute_dtype = at::kFloat;  // full-precision storage (fp16 format, residuals)
   at::Device device = at::kCPU;
-  at::Tensor inv_freq;  // [head_dim / 2] float32, scaling applied: RoPE for pre-RoPE keys
+  // The model's RoPE table (kvcache/rope.h): float32 [positions, head_dim]; positions at or
+  // beyond its rows cannot be cached. Required.
+  at::Tensor rope_table;
 };
 
 struct PoolStats {
@@ -55,9 +60,38 @@ struct PoolStats {
   int64_t used_bytes() const { return page_bytes * used_pages; }
 };
 
+class AttentionBackend;
+class PagePool;
 class SequenceKvCache;
+class StepPlanner;
+struct SequenceStep;
 // A sequence's SQuat compensation state (opaque; holds its pool pages while referenced).
 struct SquatSubspace;
+
+// What a preempted sequence keeps so that its recomputation reproduces its first run, and how
+// it must be recomputed. Opaque to its holder (the scheduler): it may hold pool pages (a SQuat
+// subspace) until Release.
+class ResumeState {
+ public:
+  ResumeState() = default;
+  // Tokens to feed as the recomputed sequence's prompt, out of `known_tokens` whose first
+  // `prompt_tokens` were its original prompt; the rest are fed one per step. Full precision:
+  // all of them (prefill attention computes what the decode steps computed). Quantized: the
+  // original prompt only, because its decode steps attended over quantized keys.
+  int64_t RecomputePrefill(int64_t prompt_tokens, int64_t known_tokens) const {
+    return replays_decode_ ? prompt_tokens : known_tokens;
+  }
+  // Pool pages that only this handle keeps in use (0 when it holds none, or when they are
+  // shared with the manager).
+  int64_t pages() const;
+  // Lets the pages go; the recomputation then builds its state anew (its codes may differ).
+  void Release() { subspace_.reset(); }
+
+ private:
+  friend class PagedKvCacheManager;
+  bool replays_decode_ = false;
+  std::shared_ptr<const SquatSubspace> subspace_;
+};
 
 class KvCacheManager {
  public:
@@ -70,19 +104,23 @@ class KvCacheManager {
   // Reserves the pages a sequence of up to max_tokens needs now (plus residual windows and
   // SQuat state); SequenceKvCache::Reserve grows it later. RESOURCE_EXHAUSTED when the pool
   // cannot hold it now, INVALID_ARGUMENT when it never could. Pages return to the pool when
-  // the cache is destroyed. `reuse_subspace` (from SequenceKvCache::subspace() of a preempted
-  // sequence) makes the new sequence quantize with that subspace instead of building one from
-  // its prompt, so that a recomputed sequence matches its first run (INVALID_ARGUMENT unless the
-  // format is squat or squat-post with the same g, r and lambda, on this manager's pool).
+  // the cache is destroyed. `resume` (from Preempt) makes a recomputed sequence quantize with
+  // the state of its first run (INVALID_ARGUMENT if that state does not fit the format).
   // Quantized formats also hold, until the prompt completes, full-precision staging for every
   // reserved token (plus the query Gram when they build their subspace): reserve the prompt
   // (or each chunk) first and grow the reservation after the prompt, not prompt + budget upfront.
-  virtual absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(
-      const KvFormat& format, int64_t max_tokens,
-      std::shared_ptr<const SquatSubspace> reuse_subspace = nullptr) = 0;
+  virtual absl::StatusOr<std::unique_ptr<SequenceKvCache>> NewSequence(const KvFormat& format, int64_t max_tokens,
+                                                                       const ResumeState* resume = nullptr) = 0;
+  // Frees a sequence's pages and returns what its recomputation needs.
+  virtual ResumeState Preempt(std::unique_ptr<SequenceKvCache> cache) = 0;
 
   virtual PoolStats stats() const = 0;
   virtual const KvFormat& default_format() const = 0;
+  virtual const KvModelShape& shape() const = 0;
+  virtual const PagePool& pool() const = 0;
+  virtual std::shared_ptr<const PagePool> shared_pool() const = 0;
+  // The attention backend of this pool (CUDA kernels, or the ATen reference).
+  virtual AttentionBackend& backend() = 0;
   // Stored bytes per token over all layers, keys + values, codes + metadata (residual
   // windows and SQuat state excluded: they are per sequence, not per token).
   virtual double BytesPerToken(const KvFormat& format) const = 0;
@@ -92,44 +130,51 @@ class KvCacheManager {
   // The longest prompt of this format that NewSequence could ever reserve in the empty pool
   // (quantized formats stage the prompt in full precision until it is complete).
   virtual int64_t PromptCapacityTokens(const KvFormat& format) const = 0;
+  // Page ids a step of up to `max_sequences` sequences can reference (StepBatch's capacity):
+  // every page once, plus the SQuat state pages that sequences may share.
+  virtual int64_t StepPageIds(int64_t max_sequences) const = 0;
 };
 
+// One sequence's pages and window state. Driven by StepBatch: each step plans what the step
+// does to it (Plan), the attention backend reads and writes its pages, and Commit advances it.
+// The prompt may come in several chunks (prompt_complete = false for all but the last): its
+// attention is full precision over the whole prompt so far, and quantized formats keep the
+// prompt in full precision until it is complete (spec pitfall 14: the SQuat subspace, built
+// from all prompt chunks' queries, is fixed before any prompt key is quantized). After the
+// prompt, quantized formats take one token per step (decode); fp16 takes any number.
 class SequenceKvCache {
  public:
   virtual ~SequenceKvCache() = default;
   virtual int64_t length() const = 0;  // tokens committed
   virtual const KvFormat& format() const = 0;
-
-  // Attention of layer `layer` for T new tokens at positions [length(), length() + T):
-  // q_rot [H_q, T, d] (RoPE applied), k_pre / k_rot [H_kv, T, d] (before / after RoPE), v
-  // [H_kv, T, d], all in the compute dtype. Stores the new keys and values (quantizing and
-  // flushing per spec 3 and 5) and returns the attention output [H_q, T, d]. The prompt may
-  // come in several chunks (any T): their attention is full precision over the whole prompt so
-  // far, and quantized formats keep the prompt in full precision until the prompt is complete
-  // (spec pitfall 14: the SQuat subspace, built from all prompt chunks' q_rot, is fixed before
-  // any prompt key is quantized). After the prompt, calls must have T == 1 (decode); the fp16
-  // format alone accepts any T throughout.
-  virtual at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre,
-                            const at::Tensor& k_rot, const at::Tensor& v) = 0;
-  // Advances length() by T once every layer has attended. prompt_complete = false marks a
-  // prompt chunk with more to come; the default ends the prompt (builds the subspace and
-  // quantizes the prompt per spec 3) on the first Commit.
-  virtual void Commit(int64_t num_tokens, bool prompt_complete = true) = 0;
+  virtual bool prompt_complete() const = 0;
 
   // Grows the reservation so that total_tokens fit (no-op if they already do).
   // RESOURCE_EXHAUSTED, with nothing taken, when the pool lacks the pages now;
   // INVALID_ARGUMENT, with nothing taken, when the whole pool could never hold them.
-  // Attend past reserved_tokens() throws and changes nothing.
+  // Planning a step past reserved_tokens() throws and changes nothing.
   virtual absl::Status Reserve(int64_t total_tokens) = 0;
   virtual int64_t reserved_tokens() const = 0;
 
-  // The SQuat state once the prompt is complete (null for fp16 and kivi, or before).
-  virtual std::shared_ptr<const SquatSubspace> subspace() const = 0;
-
   // Pages held (codes, residuals, prompt staging, SQuat state). A shared subspace's state
   // belongs to the manager (kept for its lifetime) and is not counted here; a reused one counts
-  // in the sequence using it, and while only subspace() handles hold one, in no sequence.
+  // in the sequence using it, and while only ResumeState handles hold one, in no sequence.
   virtual int64_t pages() const = 0;
+
+  // ---- the step protocol (kvcache/step_batch.cpp and the attention backends only)
+  // What a step of num_tokens rows does to this sequence: throws (changing nothing) on misuse
+  // or past the reservation. Page tables and quantization tasks go through `planner`.
+  virtual void Plan(int64_t num_tokens, bool prompt_complete, StepPlanner& planner, SequenceStep& step) const = 0;
+  // The queries [H_q, T, d] of a prompt chunk's rows of `layer` (for the SQuat subspace).
+  virtual void AddPromptQueries(int64_t layer, const at::Tensor& q_rot) = 0;
+  // Before the step's quantization tasks run: builds the SQuat subspace of a completing prompt.
+  virtual void PrepareTasks(const SequenceStep& step) = 0;
+  // After them: the window state advances (a completed prompt's tail moves into its windows
+  // and its staging pages return to the pool).
+  virtual void Commit(const SequenceStep& step) = 0;
+  // The SQuat state once it is built (null for fp16 and kivi, or before a new state's prompt
+  // completes; a reused state is built from the start).
+  virtual std::shared_ptr<const SquatSubspace> subspace() const = 0;
 };
 
 }  // namespace squat::kv

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "kernels/page_layout.h"
+
 namespace squat::kv {
 namespace {
 
@@ -18,14 +20,13 @@ int64_t KvElementsPerToken(const KvModelShape& shape) {
 int64_t ElementBytes(at::ScalarType dtype) { return static_cast<int64_t>(c10::elementSize(dtype)); }
 
 int64_t Fp16TokenBytes(const KvModelShape& shape) {
-  return KvElementsPerToken(shape) * 2 * ElementBytes(shape.compute_dtype);
+  return kernels::SlotTokenBytes(shape.num_layers, shape.num_kv_heads, shape.head_dim,
+                                 ElementBytes(shape.compute_dtype));
 }
 
 int64_t QuantizedTokensBytes(const KvModelShape& shape, const KvFormat& format, int64_t tokens) {
-  // Codes: b bits per element. Metadata: fp16 scale + min (4 bytes) per key channel per G
-  // tokens and per value token per G channels, i.e. 8 bytes per G elements of K and V together.
-  const int64_t elements = KvElementsPerToken(shape) * tokens;
-  return elements * (format.k_bits + format.v_bits) / 8 + elements / format.group_size * 8;
+  return kernels::QuantizedTokensBytes(shape.num_layers, shape.num_kv_heads, shape.head_dim, tokens, format.k_bits,
+                                       format.v_bits, format.group_size);
 }
 
 double FormatBytesPerToken(const KvModelShape& shape, const KvFormat& format) {
@@ -51,10 +52,7 @@ int64_t TokensPerPage(const KvModelShape& shape, const KvFormat& format, int64_t
 
 int64_t SquatStateFloatsPerHead(const KvFormat& format, int64_t head_dim) {
   if (!HasSquatState(format.method)) return 0;
-  const int64_t g = format.block_size;
-  int64_t floats = 0;
-  for (int64_t done = g; done < head_dim; done += g) floats += g * (head_dim - done);
-  return floats;
+  return kernels::SquatStateFloatsPerHead(head_dim, format.block_size);
 }
 
 int64_t SquatStatePages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes) {
@@ -97,6 +95,13 @@ int64_t QueryGramPages(const KvModelShape& shape, int64_t page_bytes) {
 int64_t PendingQueryPages(const KvModelShape& shape, int64_t page_bytes) {
   const int64_t elements = shape.num_layers * kGramBlockTokens * shape.num_attention_heads * shape.head_dim;
   return CeilDiv(elements, page_bytes / ElementBytes(shape.compute_dtype));
+}
+
+int64_t PeakPagesForSequence(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes, int64_t tokens,
+                             bool collects_queries) {
+  return PagesForSequence(shape, format, page_bytes, tokens).total() +
+         PromptStagingPages(shape, format, page_bytes, tokens) +
+         (collects_queries ? QueryGramPages(shape, page_bytes) + PendingQueryPages(shape, page_bytes) : 0);
 }
 
 int64_t CapacityForPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,

@@ -65,6 +65,12 @@ int64_t PromptStagingPages(const KvModelShape& shape, const KvFormat& format, in
 int64_t QueryGramPages(const KvModelShape& shape, int64_t page_bytes);
 int64_t PendingQueryPages(const KvModelShape& shape, int64_t page_bytes);
 
+// Pages a sequence of `tokens` holds at its peak, while its prompt is staged: steady state,
+// prompt staging and, when it collects its prompt's queries (it builds its own SQuat
+// subspace), the query Gram and the pending query rows.
+int64_t PeakPagesForSequence(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes, int64_t tokens,
+                             bool collects_queries);
+
 // Largest max_tokens for which PagesForSequence(...).total() <= total_pages (0 if none): the
 // longest sequence after its prompt (prompt staging excluded).
 int64_t CapacityForPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,

@@ -69,6 +69,13 @@ at::Tensor PagePool::View(int64_t page, int64_t byte_offset, int64_t count, at::
   return storage_.narrow(0, start, count * element).view(dtype);
 }
 
+at::Tensor PagePool::Typed(at::ScalarType dtype) const {
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+  TORCH_CHECK(page_bytes_ % element == 0, "KV cache pool: pages of ", page_bytes_, " bytes are not whole ", dtype,
+              " elements");
+  return storage_.view(dtype);
+}
+
 PageLease::PageLease(std::shared_ptr<PagePool> pool, std::vector<int64_t> pages)
     : pool_(std::move(pool)), pages_(std::move(pages)) {}
 

@@ -34,6 +34,9 @@ class PagePool {
   // `count` elements of `dtype` starting `byte_offset` bytes into page `page`: a view into the
   // pool (no copy). The offset must be aligned to the element size.
   at::Tensor View(int64_t page, int64_t byte_offset, int64_t count, at::ScalarType dtype) const;
+  // The whole pool as a 1-D tensor of `dtype` (page p starts at element p * page_bytes /
+  // element size; the page size must be a multiple of the element size).
+  at::Tensor Typed(at::ScalarType dtype) const;
 
  private:
   PagePool(at::Tensor storage, int64_t page_bytes, int64_t total_pages);

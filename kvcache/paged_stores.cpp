@@ -3,13 +3,13 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <utility>
 
+#include "kernels/page_layout.h"
 #include "kvcache/page_geometry.h"
 
 namespace squat::kv {
 namespace {
-
-constexpr int64_t kMetaBytes = 2;  // fp16 scale / min
 
 // Calls fn(page_index, offset_in_page, offset_in_range, n) for each piece of the logical range
 // [first, first + count) cut at page boundaries of `per_page` units.
@@ -33,14 +33,16 @@ at::Tensor CatOrSingle(std::vector<at::Tensor>& pieces, int64_t dim) {
 
 // ---- Fp16SlotStore ----
 
-Fp16SlotStore::Fp16SlotStore(const PageLease& lease, const KvModelShape& shape, int64_t slots_per_page)
-    : pool_(&lease.pool()), pages_(lease.pages()), heads_(shape.num_kv_heads), head_dim_(shape.head_dim),
+Fp16SlotStore::Fp16SlotStore(const PagePool& pool, std::vector<int64_t> pages, const KvModelShape& shape,
+                             int64_t slots_per_page)
+    : pool_(&pool), pages_(std::move(pages)), heads_(shape.num_kv_heads), head_dim_(shape.head_dim),
       slots_per_page_(slots_per_page), dtype_(shape.compute_dtype) {}
 
 at::Tensor Fp16SlotStore::PageSlots(int64_t page_index, int64_t layer, KvPart part) const {
   const int64_t elements = heads_ * slots_per_page_ * head_dim_;
-  const int64_t offset = (2 * layer + static_cast<int64_t>(part)) * elements * ElementBytes(dtype_);
-  return pool_->View(pages_[page_index], offset, elements, dtype_).view({heads_, slots_per_page_, head_dim_});
+  const int64_t first = kernels::SlotElement(heads_, slots_per_page_, head_dim_, layer, static_cast<int64_t>(part), 0, 0);
+  return pool_->View(pages_[page_index], first * ElementBytes(dtype_), elements, dtype_)
+      .view({heads_, slots_per_page_, head_dim_});
 }
 
 void Fp16SlotStore::Write(int64_t layer, KvPart part, int64_t first_slot, const at::Tensor& x) const {
@@ -67,34 +69,26 @@ at::Tensor Fp16SlotStore::Read(int64_t layer, KvPart part, int64_t first_slot, i
 
 // ---- QuantizedTokenStore ----
 
-QuantizedTokenStore::QuantizedTokenStore(const PageLease& lease, const KvModelShape& shape,
+QuantizedTokenStore::QuantizedTokenStore(const PagePool& pool, std::vector<int64_t> pages, const KvModelShape& shape,
                                          const KvFormat& format, int64_t tokens_per_page)
-    : pool_(&lease.pool()), pages_(lease.pages()), heads_(shape.num_kv_heads), head_dim_(shape.head_dim),
-      tokens_per_page_(tokens_per_page), group_(format.group_size), key_per_word_(32 / format.k_bits),
-      value_per_word_(32 / format.v_bits) {}
+    : pool_(&pool), pages_(std::move(pages)), heads_(shape.num_kv_heads), head_dim_(shape.head_dim),
+      tokens_per_page_(tokens_per_page), group_(format.group_size), k_bits_(format.k_bits), v_bits_(format.v_bits),
+      key_per_word_(32 / format.k_bits), value_per_word_(32 / format.v_bits) {}
 
 QuantizedTokenStore::PageViews QuantizedTokenStore::Views(int64_t page_index, int64_t layer) const {
   const int64_t h = heads_, d = head_dim_, n = tokens_per_page_;
-  const int64_t key_words = h * d * (n / key_per_word_);
-  const int64_t value_words = h * n * (d / value_per_word_);
-  const int64_t key_meta = h * d * (n / group_);
-  const int64_t value_meta = h * n * (d / group_);
-  const int64_t layer_bytes = (key_words + value_words) * 4 + (key_meta + value_meta) * 2 * kMetaBytes;
-  const int64_t page = pages_[page_index];
-  int64_t offset = layer * layer_bytes;
-  auto take = [&](int64_t count, at::ScalarType dtype) {
-    at::Tensor view = pool_->View(page, offset, count, dtype);
-    offset += count * ElementBytes(dtype);
-    return view;
+  const kernels::QuantOffsets o = kernels::QuantLayerOffsets(h, d, n, k_bits_, v_bits_, group_);
+  const int64_t page = pages_[page_index], base = layer * o.layer_bytes;
+  auto view = [&](int64_t offset, int64_t count, at::ScalarType dtype) {
+    return pool_->View(page, base + offset, count, dtype);
   };
   PageViews v;
-  // int32 blocks first so that every block stays 4-byte aligned.
-  v.key_words = take(key_words, at::kInt).view({h, d, n / key_per_word_});
-  v.value_words = take(value_words, at::kInt).view({h, n, d / value_per_word_});
-  v.key_scale = take(key_meta, at::kHalf).view({h, d, n / group_});
-  v.key_min = take(key_meta, at::kHalf).view({h, d, n / group_});
-  v.value_scale = take(value_meta, at::kHalf).view({h, n, d / group_});
-  v.value_min = take(value_meta, at::kHalf).view({h, n, d / group_});
+  v.key_words = view(o.key_words, h * d * (n / key_per_word_), at::kInt).view({h, d, n / key_per_word_});
+  v.value_words = view(o.value_words, h * n * (d / value_per_word_), at::kInt).view({h, n, d / value_per_word_});
+  v.key_scale = view(o.key_scale, h * d * (n / group_), at::kHalf).view({h, d, n / group_});
+  v.key_min = view(o.key_min, h * d * (n / group_), at::kHalf).view({h, d, n / group_});
+  v.value_scale = view(o.value_scale, h * n * (d / group_), at::kHalf).view({h, n, d / group_});
+  v.value_min = view(o.value_min, h * n * (d / group_), at::kHalf).view({h, n, d / group_});
   return v;
 }
 
@@ -164,11 +158,11 @@ PackedValues QuantizedTokenStore::ReadValues(int64_t layer, int64_t count) const
 
 // ---- PagedArray ----
 
-PagedArray::PagedArray(const PageLease& lease, at::ScalarType dtype)
-    : pool_(&lease.pool()), pages_(lease.pages()), dtype_(dtype), element_bytes_(ElementBytes(dtype)),
-      per_page_(lease.pool().page_bytes() / ElementBytes(dtype)) {
-  TORCH_CHECK(lease.pool().page_bytes() % element_bytes_ == 0, "paged array: page of ",
-              lease.pool().page_bytes(), " bytes is not a whole number of ", dtype, " elements");
+PagedArray::PagedArray(const PagePool& pool, std::vector<int64_t> pages, at::ScalarType dtype)
+    : pool_(&pool), pages_(std::move(pages)), dtype_(dtype), element_bytes_(ElementBytes(dtype)),
+      per_page_(pool.page_bytes() / ElementBytes(dtype)) {
+  TORCH_CHECK(pool.page_bytes() % element_bytes_ == 0, "paged array: page of ", pool.page_bytes(),
+              " bytes is not a whole number of ", dtype, " elements");
 }
 
 void PagedArray::Write(int64_t offset, const at::Tensor& values) const {

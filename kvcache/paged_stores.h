@@ -1,6 +1,7 @@
-// Typed views of a lease's pages: full-precision K/V token slots, packed quantized K/V tokens,
-// and a flat float32 array (SQuat state). Each store addresses logical slots/tokens/floats and
-// maps them onto its (not necessarily contiguous) pages. Internal to kvcache/.
+// Typed views of a list of pages: full-precision K/V token slots, packed quantized K/V tokens,
+// and a flat array (SQuat state, query Gram). Each store addresses logical slots/tokens/floats
+// and maps them onto its (not necessarily contiguous) pages, with the offsets of
+// kernels/page_layout.h. Internal to kvcache/.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,7 +21,9 @@ enum class KvPart { kKeys = 0, kValues = 1 };
 class Fp16SlotStore {
  public:
   Fp16SlotStore() = default;
-  Fp16SlotStore(const PageLease& lease, const KvModelShape& shape, int64_t slots_per_page);
+  Fp16SlotStore(const PagePool& pool, std::vector<int64_t> pages, const KvModelShape& shape, int64_t slots_per_page);
+  Fp16SlotStore(const PageLease& lease, const KvModelShape& shape, int64_t slots_per_page)
+      : Fp16SlotStore(lease.pool(), lease.pages(), shape, slots_per_page) {}
 
   int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * slots_per_page_; }
   // x [H_kv, n, d] into slots [first_slot, first_slot + n).
@@ -53,8 +56,11 @@ struct PackedValues {
 class QuantizedTokenStore {
  public:
   QuantizedTokenStore() = default;
+  QuantizedTokenStore(const PagePool& pool, std::vector<int64_t> pages, const KvModelShape& shape,
+                      const KvFormat& format, int64_t tokens_per_page);
   QuantizedTokenStore(const PageLease& lease, const KvModelShape& shape, const KvFormat& format,
-                      int64_t tokens_per_page);
+                      int64_t tokens_per_page)
+      : QuantizedTokenStore(lease.pool(), lease.pages(), shape, format, tokens_per_page) {}
 
   int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * tokens_per_page_; }
   // Tokens [first_token, first_token + n) with first_token and n multiples of R.
@@ -74,6 +80,7 @@ class QuantizedTokenStore {
   const PagePool* pool_ = nullptr;
   std::vector<int64_t> pages_;
   int64_t heads_ = 0, head_dim_ = 0, tokens_per_page_ = 0, group_ = 0;
+  int k_bits_ = 2, v_bits_ = 2;
   int64_t key_per_word_ = 0, value_per_word_ = 0;
 };
 
@@ -83,7 +90,8 @@ class QuantizedTokenStore {
 class PagedArray {
  public:
   PagedArray() = default;
-  PagedArray(const PageLease& lease, at::ScalarType dtype);
+  PagedArray(const PagePool& pool, std::vector<int64_t> pages, at::ScalarType dtype);
+  PagedArray(const PageLease& lease, at::ScalarType dtype) : PagedArray(lease.pool(), lease.pages(), dtype) {}
 
   int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * per_page_; }
   void Write(int64_t offset, const at::Tensor& values) const;  // any shape, written flattened

@@ -2,7 +2,10 @@
 // residual windows in pages of the same pool, and the SQuat state (spec 2, 3, 5). KIVI is the
 // same machinery without compensation. While the prompt is incomplete (chunked prefill), its
 // keys and values wait in full-precision staging pages and the query Gram accumulates; the
-// prompt is quantized at once when it completes (spec 3, pitfall 14). Internal to kvcache/.
+// prompt is quantized at once when it completes (spec 3, pitfall 14). The residual-window state
+// machine of spec 5.1 lives here, once: Plan says what a step does (where the new key and value
+// go, whether the key window flushes and a value slides out), the attention backend does it,
+// and Commit advances the windows. Internal to kvcache/.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +15,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "kvcache/batched_decode.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/paged_stores.h"
@@ -21,15 +23,16 @@
 
 namespace squat::kv {
 
-// Where one layer's tokens live (spec 5.1), plus what its last decode step did.
+// Where a sequence's tokens live (spec 5.1), the same for every layer (the windows of all
+// layers move in lockstep), plus what its last step did.
 struct WindowState {
   int64_t quantized_keys = 0;    // N_q (a multiple of R)
   int64_t residual_keys = 0;     // |Kr|: tokens [N_q, N_q + |Kr|) in residual key slots 0..
   int64_t quantized_values = 0;  // N_v
   int64_t residual_values = 0;   // |Vr|: tokens [N_v, N_v + |Vr|), token n in ring slot n mod (R+1)
   int64_t key_flushes = 0;       // decode steps that moved R residual keys into the pages
-  // Last decode step: how many quantized and full-precision keys its scores read, and whether
-  // it ended with a key flush.
+  // Last step: how many quantized and full-precision keys its scores read, and whether it
+  // ended with a key flush.
   int64_t step_quantized_keys = 0;
   int64_t step_residual_keys = 0;
   bool step_flushed = false;
@@ -44,7 +47,7 @@ struct QuantizedSequenceLeases {
   PageLease data, residual, staging, gram, pending_queries;
 };
 
-class QuantizedSequenceCache final : public SequenceKvCache, public BatchDecodable {
+class QuantizedSequenceCache final : public SequenceKvCache {
  public:
   // `state` is null for kivi. `buildable` is the same object when this sequence may build its
   // layers (its own subspace, or a shared one not built yet), null when it is reused.
@@ -54,42 +57,29 @@ class QuantizedSequenceCache final : public SequenceKvCache, public BatchDecodab
 
   int64_t length() const override { return length_; }
   const KvFormat& format() const override { return format_; }
-  at::Tensor Attend(int64_t layer, const at::Tensor& q_rot, const at::Tensor& k_pre, const at::Tensor& k_rot,
-                    const at::Tensor& v) override;
-  void Commit(int64_t num_tokens, bool prompt_complete = true) override;
+  bool prompt_complete() const override { return prompt_complete_; }
   absl::Status Reserve(int64_t total_tokens) override;
   int64_t reserved_tokens() const override { return reserved_; }
   std::shared_ptr<const SquatSubspace> subspace() const override;
   int64_t pages() const override;
 
-  // Batched CUDA decode (batched_decode.h).
-  bool PlanBatchedDecode(DecodePlan* plan) const override;
-  void CompleteBatchedDecode() override;
+  void Plan(int64_t num_tokens, bool prompt_complete, StepPlanner& planner, SequenceStep& step) const override;
+  void AddPromptQueries(int64_t layer, const at::Tensor& q_rot) override;
+  void PrepareTasks(const SequenceStep& step) override;
+  void Commit(const SequenceStep& step) override;
 
   // Test-only views of the internals.
-  bool prompt_complete() const { return prompt_complete_; }
-  const WindowState& window(int64_t layer) const { return windows_[layer]; }
-  const QuantizedTokenStore& quantized_store() const { return quantized_; }
+  const WindowState& window() const { return window_; }
+  QuantizedTokenStore quantized_store() const;
   const Fp16SlotStore& residual_store() const { return residual_; }
   const PageLease& data_pages() const { return data_pages_; }
   int64_t staging_pages() const { return staging_pages_.size() + gram_.pages(); }
 
  private:
-  at::Tensor AttendPrompt(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& k_rot,
-                          const at::Tensor& v);
-  // Builds the subspace (if this sequence must) and quantizes the staged prompt (spec 3).
+  // The staged prompt's tail moves into the windows; staging and Gram pages go back.
   void CompletePrompt();
-  // packed: the kernels already wrote the quantized part (QuantizeWithKernels).
-  void QuantizePrompt(int64_t layer, bool packed);
-  // Pool, layout and page tables of this sequence for the kernels.
-  DecodePlan BasePlan() const;
-  at::Tensor Decode(int64_t layer, const at::Tensor& q_rot, const at::Tensor& keys, const at::Tensor& v);
-  std::vector<std::vector<at::Tensor>> Compensation(int64_t layer) const;
-  void FlushKeys(int64_t layer);
-  void SlideValue(int64_t layer);
   // Value ring: tokens [first, first + n) <-> slots t mod (R + 1).
   void WriteValueRing(int64_t layer, int64_t first_token, const at::Tensor& values);
-  at::Tensor ReadValueRing(int64_t layer, int64_t first_token, int64_t count) const;
   bool pre_rope() const { return format_.method == KvMethod::kSquatPre; }
 
   KvModelShape shape_;
@@ -98,7 +88,6 @@ class QuantizedSequenceCache final : public SequenceKvCache, public BatchDecodab
   std::shared_ptr<PagePool> pool_;
   int64_t tokens_per_page_, slots_per_page_;  // quantized tokens / full-precision slots per page
   PageLease data_pages_, residual_pages_, staging_pages_;
-  QuantizedTokenStore quantized_;
   Fp16SlotStore residual_, staging_;
   QueryGramAccumulator gram_;
   std::shared_ptr<const SquatSubspace> state_;
@@ -106,8 +95,7 @@ class QuantizedSequenceCache final : public SequenceKvCache, public BatchDecodab
   bool owns_state_;  // its pages count as this sequence's (not the manager's shared subspace)
   int64_t length_ = 0;
   bool prompt_complete_ = false;
-  std::vector<int64_t> attended_;  // tokens stored per layer (length_ + T between Attend and Commit)
-  std::vector<WindowState> windows_;
+  WindowState window_;
 };
 
 }  // namespace squat::kv

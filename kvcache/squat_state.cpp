@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/page_layout.h"
 #include "kvcache/device_eigh.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/squat_math.h"
@@ -45,10 +46,6 @@ absl::Status SquatSubspace::CheckUsableFor(const KvModelShape& shape, const KvFo
   return absl::OkStatus();
 }
 
-int64_t SquatSubspace::HeadOffset(int64_t layer, int64_t head) const {
-  return (layer * kv_heads_ + head) * floats_per_head_;
-}
-
 void SquatSubspace::Build(int64_t layer, const at::Tensor& gram, int64_t rows) {
   BuildLayers({layer}, [&](int64_t) { return gram; }, rows);
 }
@@ -82,9 +79,11 @@ void SquatSubspace::BuildLayers(const std::vector<int64_t>& layers,
     bool consecutive = true;
     for (int64_t i = 1; i < count; ++i) consecutive = consecutive && layers[i] == layers[i - 1] + 1;
     if (consecutive) {
-      floats_.Write(HeadOffset(layers.front(), 0), values);
+      floats_.Write(kernels::SquatStateHeadOffset(layers.front(), 0, kv_heads_, floats_per_head_), values);
     } else {
-      for (int64_t i = 0; i < count; ++i) floats_.Write(HeadOffset(layers[i], 0), values[i]);
+      for (int64_t i = 0; i < count; ++i) {
+        floats_.Write(kernels::SquatStateHeadOffset(layers[i], 0, kv_heads_, floats_per_head_), values[i]);
+      }
     }
   }
   for (int64_t layer : layers) ready_[layer] = true;
@@ -92,15 +91,21 @@ void SquatSubspace::BuildLayers(const std::vector<int64_t>& layers,
 
 std::vector<std::vector<at::Tensor>> SquatSubspace::Load(int64_t layer) const {
   TORCH_CHECK(ready_[layer], "SQuat state of layer ", layer, " is used before it is built");
-  std::vector<std::vector<at::Tensor>> heads(kv_heads_);
-  for (int64_t h = 0; h < kv_heads_; ++h) {
-    int64_t offset = HeadOffset(layer, h);
-    for (int64_t done = block_size_; done < head_dim_; done += block_size_) {
-      const int64_t cols = head_dim_ - done;
+  return LoadCompensation(floats_, layer, kv_heads_, head_dim_, block_size_);
+}
+
+std::vector<std::vector<at::Tensor>> LoadCompensation(const PagedArray& state, int64_t layer, int64_t kv_heads,
+                                                      int64_t head_dim, int64_t block_size) {
+  const int64_t per_head = kernels::SquatStateFloatsPerHead(head_dim, block_size);
+  std::vector<std::vector<at::Tensor>> heads(kv_heads);
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    int64_t offset = kernels::SquatStateHeadOffset(layer, h, kv_heads, per_head);
+    for (int64_t done = block_size; done < head_dim; done += block_size) {
+      const int64_t cols = head_dim - done;
       // A fresh row-major copy rather than a view into the page, so that the BLAS product of the
       // quantizer always sees the same operand layout whatever offset the state lies at.
-      heads[h].push_back(floats_.Read(offset, block_size_ * cols).view({block_size_, cols}).clone());
-      offset += block_size_ * cols;
+      heads[h].push_back(state.Read(offset, block_size * cols).view({block_size, cols}).clone());
+      offset += block_size * cols;
     }
   }
   return heads;

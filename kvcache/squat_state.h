@@ -44,9 +44,6 @@ struct SquatSubspace {
   // C_i of every head of `layer`: [head][i], float32 [g, d - (i+1) g], copied from the pages.
   std::vector<std::vector<at::Tensor>> Load(int64_t layer) const;
 
- private:
-  int64_t HeadOffset(int64_t layer, int64_t head) const;
-
   PageLease lease_;
   PagedArray floats_;
   int64_t layers_, kv_heads_, head_dim_, block_size_, subspace_dim_;
@@ -55,5 +52,11 @@ struct SquatSubspace {
   bool manager_shared_;
   std::vector<bool> ready_;
 };
+
+// C_i of every KV head of `layer` read from state pages laid out as kernels/page_layout.h says
+// (SquatSubspace::Load, and the reference backend's key quantization): [head][i], float32
+// [g, d - (i + 1) g], fresh row-major copies.
+std::vector<std::vector<at::Tensor>> LoadCompensation(const PagedArray& state, int64_t layer, int64_t kv_heads,
+                                                      int64_t head_dim, int64_t block_size);
 
 }  // namespace squat::kv

@@ -14,26 +14,33 @@ KvFormat FullPrecisionFormat() {
   return f;
 }
 
-absl::StatusOr<StandaloneCache> StandaloneCache::Create(const KvModelShape& shape, const KvFormat& format,
-                                                        int64_t max_tokens) {
-  // Exactly the pages the sequence holds at its peak (while its prompt is staged), in pages
-  // sized for this format as the pool's default.
+absl::StatusOr<StandaloneCache> StandaloneCache::Create(const KvModelShape& shape,
+                                                        const std::vector<KvFormat>& formats, int64_t max_tokens) {
+  if (formats.empty()) return absl::InvalidArgumentError("standalone cache: no format");
   if (shape.num_layers <= 0 || shape.num_kv_heads <= 0 || shape.num_attention_heads <= 0 || shape.head_dim <= 0) {
-    return KvCacheManager::Create(shape, format, 0).status();  // its message names the bad size
+    return KvCacheManager::Create(shape, formats[0], 0).status();  // its message names the bad size
   }
-  if (absl::Status valid = ValidateKvFormat(format, shape.head_dim); !valid.ok()) return valid;
+  const KvFormat* largest = &formats[0];
+  for (const KvFormat& format : formats) {
+    if (absl::Status valid = ValidateKvFormat(format, shape.head_dim); !valid.ok()) return valid;
+    if (DefaultPageBytes(shape, format) > DefaultPageBytes(shape, *largest)) largest = &format;
+  }
+  // Exactly the pages the sequences hold at their peak (while their prompts are staged).
   const int64_t tokens = std::max<int64_t>(max_tokens, 1);
-  const int64_t page_bytes = DefaultPageBytes(shape, format);
-  int64_t pages = PagesForSequence(shape, format, page_bytes, tokens).total() +
-                  PromptStagingPages(shape, format, page_bytes, tokens);
-  if (HasSquatState(format.method)) pages += QueryGramPages(shape, page_bytes) + PendingQueryPages(shape, page_bytes);
-  auto manager = KvCacheManager::Create(shape, format, page_bytes * pages);
+  const int64_t page_bytes = DefaultPageBytes(shape, *largest);
+  int64_t pages = 0;
+  for (const KvFormat& format : formats) {
+    pages += PeakPagesForSequence(shape, format, page_bytes, tokens, HasSquatState(format.method));
+  }
+  auto manager = KvCacheManager::Create(shape, *largest, page_bytes * pages);
   if (!manager.ok()) return manager.status();
-  auto cache = (*manager)->NewSequence(format, max_tokens);
-  if (!cache.ok()) return cache.status();
   StandaloneCache out;
   out.manager_ = *std::move(manager);
-  out.cache_ = *std::move(cache);
+  for (const KvFormat& format : formats) {
+    auto cache = out.manager_->NewSequence(format, max_tokens);
+    if (!cache.ok()) return cache.status();
+    out.caches_.push_back(*std::move(cache));
+  }
   return out;
 }
 

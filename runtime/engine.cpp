@@ -26,6 +26,7 @@
 #include "runtime/model_config.h"
 #include "runtime/scheduler.h"
 #include "runtime/safetensors.h"
+#include "runtime/step_runner.h"
 #include "runtime/stop_matcher.h"
 #include "runtime/tokenizer.h"
 
@@ -82,13 +83,15 @@ class EngineImpl : public Engine {
  public:
   EngineImpl(EngineOptions options, ModelConfig config, std::unique_ptr<Tokenizer> tokenizer,
              std::unique_ptr<CheckpointReader> checkpoint, std::unique_ptr<LlamaModel> model,
-             std::unique_ptr<kv::KvCacheManager> kv_manager, std::vector<int32_t> eos_ids)
+             std::unique_ptr<kv::KvCacheManager> kv_manager, std::unique_ptr<StepRunner> runner,
+             std::vector<int32_t> eos_ids)
       : options_(std::move(options)),
         config_(std::move(config)),
         tokenizer_(std::move(tokenizer)),
         checkpoint_(std::move(checkpoint)),
         model_(std::move(model)),
         kv_manager_(std::move(kv_manager)),
+        runner_(std::move(runner)),
         eos_ids_(eos_ids.begin(), eos_ids.end()),
         eos_list_(std::move(eos_ids)) {
     max_model_len_ = options_.max_model_len > 0
@@ -400,27 +403,25 @@ class EngineImpl : public Engine {
     UpdatePoolUsage();
     if (plan.chunks.empty()) return;
 
-    std::vector<int64_t> rows;
-    std::vector<ForwardSegment> segments;
-    segments.reserve(plan.chunks.size());
-    const auto now = Clock::now();
+    std::vector<StepEntry> entries;
+    entries.reserve(plan.chunks.size());
     bool feeds_prompt = false;
+    int64_t rows = 0;
     for (const ScheduledChunk& chunk : plan.chunks) {
       Sequence& seq = *chunk.seq;
-      feeds_prompt |= seq.computed() < seq.prefill_end;
-      if (!seq.admitted_once) {
-        seq.admitted_once = true;
-        seq.timings.queue_seconds = SecondsBetween(seq.submitted, now);
-      }
-      const int64_t start = seq.computed();
-      rows.insert(rows.end(), seq.tokens.begin() + start, seq.tokens.begin() + start + chunk.num_tokens);
-      segments.push_back(ForwardSegment{seq.cache.get(), chunk.num_tokens, chunk.prompt_complete});
+      feeds_prompt |= seq.state() == SequenceState::kPrefilling;
+      StepEntry entry;
+      entry.cache = seq.cache.get();
+      entry.tokens = seq.tokens.data() + seq.computed();
+      entry.num_tokens = chunk.num_tokens;
+      entry.prompt_complete = chunk.prompt_complete;
+      entries.push_back(entry);
+      rows += chunk.num_tokens;
     }
 
     at::Tensor logits;
     try {
-      at::Tensor input = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(model_->device());
-      logits = model_->ForwardBatch(input, segments);
+      logits = runner_->Run(entries);
     } catch (const std::exception& e) {
       // A failed pass leaves every cache of the batch half-written: end those requests.
       std::string error = e.what();
@@ -432,6 +433,7 @@ class EngineImpl : public Engine {
       }
       return;
     }
+    for (const ScheduledChunk& chunk : plan.chunks) chunk.seq->StepDone();
     steps_.fetch_add(1);
     UpdatePoolUsage();  // completed prompts released their full-precision staging
 
@@ -451,7 +453,7 @@ class EngineImpl : public Engine {
       StepInfo info;
       info.prefill = feeds_prompt;
       info.num_sequences = static_cast<int32_t>(plan.chunks.size());
-      info.num_tokens = static_cast<int64_t>(rows.size());
+      info.num_tokens = rows;
       info.duration_seconds = SecondsBetween(step_start, Clock::now());
       options_.observer->OnStep(info);
     }
@@ -504,8 +506,7 @@ class EngineImpl : public Engine {
   // Streams a sampled token; returns why the sequence ends, or kNone.
   FinishReason AcceptToken(Sequence& seq, const SampledToken& token) {
     const auto& sampling = seq.request.sampling;
-    if (!seq.sampled_once) {
-      seq.sampled_once = true;
+    if (seq.generated() == 0) {  // the first token (a recomputation replays the ones it had)
       seq.timings.time_to_first_token_seconds = SecondsBetween(seq.submitted, Clock::now());
     }
     if (!sampling.ignore_eos && eos_ids_.count(token.token_id)) return FinishReason::kEos;
@@ -537,8 +538,9 @@ class EngineImpl : public Engine {
       if (!seq->stops->stopped()) last.text += seq->stops->Flush();
       else reason = FinishReason::kStop;
     }
+    seq->MoveTo(SequenceState::kFinished);
     seq->cache.reset();
-    seq->subspace.reset();
+    seq->resume.Release();
     UpdatePoolUsage();
     last.finished = true;
     last.finish_reason = reason;
@@ -557,6 +559,7 @@ class EngineImpl : public Engine {
   std::unique_ptr<CheckpointReader> checkpoint_;  // keeps the weight mapping alive while loading
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<kv::KvCacheManager> kv_manager_;  // used by the engine thread only
+  std::unique_ptr<StepRunner> runner_;             // engine thread only
   const std::unordered_set<int32_t> eos_ids_;
   const std::vector<int32_t> eos_list_;
   int64_t max_model_len_ = 0;
@@ -611,6 +614,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   ModelLoadOptions load;
   load.device = options.device;
   load.dtype = options.dtype;
+  // RoPE table rows: every position a request can reach.
+  load.max_positions = options.max_model_len > 0
+                           ? std::min<int64_t>(options.max_model_len, config->max_position_embeddings)
+                           : config->max_position_embeddings;
   auto model = LlamaModel::Load(**checkpoint, *config, load);
   if (!model.ok()) return model.status();
   log::Info(absl::StrFormat("model loaded in %.2f s", SecondsBetween(t0, Clock::now())));
@@ -651,10 +658,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   log::Info(absl::StrFormat("KV pool: %.1f MiB in %d pages of %d bytes; default format %s K%dV%d", pool.total_bytes() / 1048576.0,
                             pool.total_pages, pool.page_bytes, kv::KvMethodName(default_format.method),
                             default_format.k_bits, default_format.v_bits));
+  auto runner = StepRunner::Create(**model, **kv_manager, options.max_num_batched_tokens, options.max_num_seqs);
+  if (!runner.ok()) return runner.status();
+  log::Info(absl::StrFormat("attention backend: %s", (*kv_manager)->backend().name()));
   auto eos = LoadEosTokenIds(options.model_dir, *config);
   return std::unique_ptr<Engine>(new EngineImpl(options, *std::move(config), *std::move(tokenizer),
                                                 *std::move(checkpoint), *std::move(model),
-                                                *std::move(kv_manager), std::move(eos)));
+                                                *std::move(kv_manager), *std::move(runner), std::move(eos)));
 }
 
 }  // namespace squat

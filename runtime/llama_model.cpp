@@ -10,8 +10,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kvcache/batched_decode.h"
+#include "kvcache/attention_backend.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/rope.h"
+#include "kvcache/step_batch.h"
 #include "runtime/safetensors.h"
 
 namespace squat {
@@ -152,16 +154,6 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * (xf * inv_rms).to(x.scalar_type());
 }
 
-at::Tensor RotateHalf(const at::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-// x: [..., head_dim]; cos, sin broadcast against it.
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return x * cos + RotateHalf(x) * sin;
-}
-
 class WeightLoader {
  public:
   WeightLoader(const CheckpointReader& checkpoint, at::Device device, at::ScalarType dtype)
@@ -275,7 +267,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointRea
       SQUAT_LOAD(model->lm_head_, "lm_head.weight", {c.vocab_size, hidden});
     }
 #undef SQUAT_LOAD
-    model->inv_freq_ = RopeInverseFrequencies(c).to(*device);
+    if (options.max_positions < 0) return absl::InvalidArgumentError("max_positions must be >= 0");
+    const int64_t positions = options.max_positions > 0 ? options.max_positions : c.max_position_embeddings;
+    model->rope_table_ = kv::BuildRopeTable(RopeInverseFrequencies(c), positions, *device);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("loading weights onto ", options.device, ": ", e.what_without_backtrace()));
@@ -304,8 +298,8 @@ int64_t LlamaModel::WorkspaceBytes(int64_t tokens, int64_t sequences) const {
   const int64_t qkv = (config_.num_attention_heads + 2 * config_.num_key_value_heads) * d;
   // Alive at once in a layer, per row: residual stream and its norm, the qkv projection and its
   // rotated q/k, the attention output and o_proj, gate/up and the SwiGLU product; RMSNorm's
-  // float32 copies; cos/sin of the row in float64.
-  const int64_t per_row = (6 * hidden + 2 * qkv + 4 * inter) * element + 2 * hidden * 4 + 4 * d * 8;
+  // float32 copies; the row's cos/sin (float32 table rows, then the compute dtype).
+  const int64_t per_row = (6 * hidden + 2 * qkv + 4 * inter) * element + 2 * hidden * 4 + 2 * d * (4 + element);
   // Logits: the lm_head output, its float32 copy and the final norm, per sequence.
   const int64_t logits = sequences * (config_.vocab_size * (element + 4) + hidden * 4);
   // Half again for the caching allocator's rounding and fragmentation.
@@ -320,99 +314,31 @@ kv::KvModelShape LlamaModel::kv_shape() const {
   shape.head_dim = config_.head_dim;
   shape.compute_dtype = dtype_;
   shape.device = device_;
-  shape.inv_freq = inv_freq_;
+  shape.rope_table = rope_table_;
   return shape;
 }
 
-at::Tensor LlamaModel::Forward(const at::Tensor& tokens, kv::SequenceKvCache& cache, bool last_only) {
+at::Tensor LlamaModel::Forward(const kv::StepBatch& batch, kv::AttentionBackend& backend) {
   c10::InferenceMode inference;
-  TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
-              "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
-  const int64_t num_tokens = tokens.size(0);
-  at::Tensor x = RunLayers(tokens, {ForwardSegment{&cache, num_tokens, /*prompt_complete=*/true}});
-  if (last_only) x = x.narrow(0, num_tokens - 1, 1);
-  return Logits(x);
-}
-
-at::Tensor LlamaModel::ForwardBatch(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments) {
-  c10::InferenceMode inference;
-  at::Tensor x = RunLayers(tokens, segments);
-  std::vector<int64_t> last_rows;
-  last_rows.reserve(segments.size());
-  int64_t offset = 0;
-  for (const ForwardSegment& segment : segments) {
-    offset += segment.num_tokens;
-    last_rows.push_back(offset - 1);
-  }
-  at::Tensor rows = at::tensor(last_rows, at::TensorOptions().dtype(at::kLong)).to(device_);
-  return Logits(x.index_select(0, rows));
-}
-
-at::Tensor LlamaModel::Logits(const at::Tensor& hidden) const {
-  return at::linear(RmsNorm(hidden, final_norm_, config_.rms_norm_eps), lm_head_).to(at::kFloat);
-}
-
-at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments) {
-  TORCH_CHECK(tokens.dim() == 1 && tokens.numel() > 0,
-              "Forward: tokens must be a non-empty 1-D tensor, got shape ", tokens.sizes());
-  TORCH_CHECK(tokens.scalar_type() == at::kLong, "Forward: tokens must be int64, got ",
-              tokens.scalar_type());
-  TORCH_CHECK(!segments.empty(), "Forward: no segments");
-  const int64_t num_rows = tokens.size(0);
-  // Each row's position: its segment's cache length plus its index within the segment.
-  std::vector<float> positions;
-  positions.reserve(num_rows);
-  for (const ForwardSegment& segment : segments) {
-    TORCH_CHECK(segment.cache != nullptr && segment.num_tokens > 0,
-                "Forward: every segment needs a cache and at least one token");
-    const int64_t start = segment.cache->length();
-    for (int64_t j = 0; j < segment.num_tokens; ++j) positions.push_back(static_cast<float>(start + j));
-  }
-  TORCH_CHECK(static_cast<int64_t>(positions.size()) == num_rows, "Forward: segments cover ",
-              positions.size(), " rows but tokens has ", num_rows);
+  const int64_t num_rows = batch.num_rows();
+  TORCH_CHECK(num_rows > 0, "Forward: the step has no rows");
+  const at::Tensor tokens = batch.tokens();
+  TORCH_CHECK(tokens.device() == device_, "Forward: the step's buffers are on ", tokens.device(),
+              ", the model on ", device_);
   if (tokens.device().is_cpu()) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < config_.vocab_size, "Forward: token id out of range [0, ",
-                config_.vocab_size, "): ", lo < 0 ? lo : hi);
+    TORCH_CHECK(lo >= 0 && hi < config_.vocab_size, "Forward: token id out of range [0, ", config_.vocab_size,
+                "): ", lo < 0 ? lo : hi);
   }
-
   const int64_t heads = config_.num_attention_heads, kv_heads = config_.num_key_value_heads;
   const int64_t head_dim = config_.head_dim;
   const double eps = config_.rms_norm_eps;
 
-  // RoPE angles: float32 products, as HF. cos/sin are taken in float64 and rounded so that a
-  // position's values do not depend on where its row lands in the batch (vectorised and
-  // scalar float32 cos may differ in the last bit).
-  at::Tensor position_tensor = at::from_blob(positions.data(), {num_rows}, at::TensorOptions().dtype(at::kFloat))
-                                   .to(device_, /*non_blocking=*/false, /*copy=*/true);
-  at::Tensor freqs = at::outer(position_tensor, inv_freq_);
-  at::Tensor angles = at::cat({freqs, freqs}, -1).to(at::kDouble);
-  at::Tensor cos = angles.cos().to(dtype_).unsqueeze(1);  // [N, 1, d]: broadcast over heads
-  at::Tensor sin = angles.sin().to(dtype_).unsqueeze(1);
+  // The rows' angles from the model's one RoPE table: [N, 1, d], broadcast over heads.
+  const kv::RopeAngles angles = kv::RopeRows(rope_table_, batch.positions(), dtype_);
+  const at::Tensor cos = angles.cos.unsqueeze(1), sin = angles.sin.unsqueeze(1);
 
-  // On CUDA, single-token decode segments go through the fused kernels: one launch per layer
-  // for all of them (kvcache/batched_decode.h); the rest attend per segment.
-  std::vector<bool> batched(segments.size(), false);
-  std::unique_ptr<kv::DecodeBatch> decode;
-  if (device_.is_cuda() && batched_decode_) {
-    std::vector<kv::DecodeBatch::Entry> entries;
-    std::vector<size_t> entry_segment;
-    int64_t row = 0;
-    for (size_t s = 0; s < segments.size(); ++s) {
-      if (segments[s].num_tokens == 1) {
-        entries.push_back({segments[s].cache, row});
-        entry_segment.push_back(s);
-      }
-      row += segments[s].num_tokens;
-    }
-    std::vector<bool> accepted;
-    if (!entries.empty()) decode = kv::DecodeBatch::Create(entries, &accepted);
-    if (decode) {
-      for (size_t e = 0; e < entries.size(); ++e) batched[entry_segment[e]] = accepted[e];
-    }
-  }
-
-  at::Tensor x = at::embedding(embed_tokens_, tokens.to(device_));  // [N, hidden]
+  at::Tensor x = at::embedding(embed_tokens_, tokens);  // [N, hidden]
   for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
     const Layer& layer = layers_[i];
     at::Tensor h = RmsNorm(x, layer.input_norm, eps);
@@ -424,38 +350,11 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<For
     at::Tensor v =
         qkv.narrow(1, (heads + kv_heads) * head_dim, kv_heads * head_dim).view({num_rows, kv_heads, head_dim});
     // The cache stores keys before or after RoPE depending on its format, so it gets both.
-    at::Tensor q_rot = ApplyRope(q, cos, sin);
-    at::Tensor k_rot = ApplyRope(k, cos, sin);
-    at::Tensor attn;
-    if (decode) {
-      // The batched rows are written in place; the other segments' outputs are copied in.
-      attn = at::empty({num_rows, heads, head_dim}, q_rot.options());
-      decode->Attend(i, q_rot, k, k_rot, v, attn);
-      int64_t offset = 0;
-      for (size_t s = 0; s < segments.size(); ++s) {
-        const ForwardSegment& segment = segments[s];
-        if (!batched[s]) {
-          auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
-          attn.narrow(0, offset, segment.num_tokens)
-              .copy_(segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v)).transpose(0, 1));
-        }
-        offset += segment.num_tokens;
-      }
-      attn = attn.view({num_rows, heads * head_dim});
-    } else {
-      // Attention per segment, each over its own cache: [T, heads, d] rows -> [heads, T, d].
-      std::vector<at::Tensor> outputs;
-      outputs.reserve(segments.size());
-      int64_t offset = 0;
-      for (const ForwardSegment& segment : segments) {
-        auto rows = [&](const at::Tensor& t) { return t.narrow(0, offset, segment.num_tokens).transpose(0, 1); };
-        at::Tensor out = segment.cache->Attend(i, rows(q_rot), rows(k), rows(k_rot), rows(v));  // [heads, T, d]
-        outputs.push_back(out.transpose(0, 1).reshape({segment.num_tokens, heads * head_dim}));
-        offset += segment.num_tokens;
-      }
-      attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
-    }
-    x = x + at::linear(attn, layer.o_proj);
+    const at::Tensor q_rot = kv::ApplyRope(q, cos, sin);
+    const at::Tensor k_rot = kv::ApplyRope(k, cos, sin);
+    at::Tensor attn = at::empty({num_rows, heads, head_dim}, q_rot.options());
+    backend.Attend(i, batch, q_rot, k, k_rot, v, attn);
+    x = x + at::linear(attn.view({num_rows, heads * head_dim}), layer.o_proj);
 
     h = RmsNorm(x, layer.post_attn_norm, eps);
     at::Tensor gate_up = at::linear(h, layer.gate_up);
@@ -463,11 +362,11 @@ at::Tensor LlamaModel::RunLayers(const at::Tensor& tokens, const std::vector<For
     x = x + at::linear(at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter),
                        layer.down);
   }
-  if (decode) decode->Finish();
-  for (const ForwardSegment& segment : segments) {
-    segment.cache->Commit(segment.num_tokens, segment.prompt_complete);
-  }
-  return x;
+  return Logits(x.index_select(0, batch.logit_rows()));
+}
+
+at::Tensor LlamaModel::Logits(const at::Tensor& hidden) const {
+  return at::linear(RmsNorm(hidden, final_norm_, config_.rms_norm_eps), lm_head_).to(at::kFloat);
 }
 
 }  // namespace squat

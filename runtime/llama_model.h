@@ -15,21 +15,20 @@
 
 namespace squat {
 
-class CheckpointReader;
+namespace kv {
+class AttentionBackend;
+class StepBatch;
+}  // namespace kv
 
-// One sequence's share of a batched forward pass: the next num_tokens rows of the token
-// batch, at positions [cache->length(), cache->length() + num_tokens).
-struct ForwardSegment {
-  kv::SequenceKvCache* cache = nullptr;
-  int64_t num_tokens = 0;
-  bool prompt_complete = true;  // false: a prompt chunk with more to come (Commit's flag)
-};
+class CheckpointReader;
 
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   // "auto": float32 on CPU, the checkpoint's dtype (float16/bfloat16) on CUDA;
   // or "float32", "float16", "bfloat16".
   std::string dtype = "auto";
+  // Rows of the RoPE table (positions the model can run at); 0: max_position_embeddings.
+  int64_t max_positions = 0;
 };
 
 class LlamaModel {
@@ -41,22 +40,14 @@ class LlamaModel {
                                                           const ModelLoadOptions& options);
   ~LlamaModel();
 
-  // Runs tokens (int64 [T]) at positions [cache.length(), cache.length() + T), hands each
-  // layer's queries, keys and values to the cache (which stores them and computes attention),
-  // and returns float32 logits: [T, vocab] or, with last_only, [1, vocab] for the last position.
-  at::Tensor Forward(const at::Tensor& tokens, kv::SequenceKvCache& cache, bool last_only = true);
+  // One step: every linear layer once over the batch's rows (its tokens at its positions), and
+  // one attention call per layer through `backend`, which also stores the rows' keys and values
+  // in their sequences' pages. Returns float32 logits [batch.num_logits(), vocab] of the rows
+  // the batch asks for. The caller runs backend.BeginStep before and batch.Finish after
+  // (runtime/step_runner.h does all three).
+  at::Tensor Forward(const kv::StepBatch& batch, kv::AttentionBackend& backend);
 
-  // Several sequences in one pass: tokens (int64 [N]) are the segments' rows one after the
-  // other. Every linear layer runs once over the N rows; attention runs per segment through
-  // its cache; each cache is committed at the end. Returns float32 logits [segments, vocab]
-  // of each segment's last row.
-  at::Tensor ForwardBatch(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments);
-
-  // On CUDA, single-token decode segments go through the fused batched kernels
-  // (kvcache/batched_decode.h) unless this is turned off (tests and benchmarks compare both).
-  void set_batched_decode(bool enabled) { batched_decode_ = enabled; }
-
-  // What the KV cache needs to know about this model (sizes, dtype, device, RoPE frequencies).
+  // What the KV cache needs to know about this model (sizes, dtype, device, RoPE table).
   kv::KvModelShape kv_shape() const;
 
   const ModelConfig& config() const { return config_; }
@@ -71,20 +62,16 @@ class LlamaModel {
  private:
   struct Layer;
   LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype);
-  // The decoder stack over all rows, caches committed: hidden states [N, hidden] before the
-  // final norm.
-  at::Tensor RunLayers(const at::Tensor& tokens, const std::vector<ForwardSegment>& segments);
   at::Tensor Logits(const at::Tensor& hidden) const;  // final norm + lm_head, float32
   ModelConfig config_;
   at::Device device_;
   at::ScalarType dtype_;
   int64_t weight_bytes_ = 0;
-  bool batched_decode_ = true;
   at::Tensor embed_tokens_;  // [vocab, hidden]
   std::vector<Layer> layers_;
   at::Tensor final_norm_;
   at::Tensor lm_head_;       // [vocab, hidden] (aliases embed_tokens_ when tied)
-  at::Tensor inv_freq_;      // [head_dim / 2], float32, scaling applied
+  at::Tensor rope_table_;    // kvcache/rope.h: float32 [positions, head_dim] on the device
 };
 
 }  // namespace squat

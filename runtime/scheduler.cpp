@@ -5,25 +5,11 @@
 #include "absl/strings/str_cat.h"
 
 namespace squat {
-namespace {
-
-// Where a (re)started sequence's prompt ends. Full-precision caches re-prefill everything
-// known: prefill and decode attention compute the same thing. Quantized caches prefill the
-// original prompt only and replay the generated tokens one per step, because prefill attends
-// in full precision while decode attends over quantized keys: re-prefilling generated tokens
-// would change what the first run computed.
-int64_t PrefillEnd(const Sequence& seq) {
-  return seq.kv_format.method == kv::KvMethod::kFp16 ? static_cast<int64_t>(seq.tokens.size())
-                                                      : seq.prompt_len;
-}
-
-}  // namespace
-
 Scheduler::Scheduler(kv::KvCacheManager& kv_manager, SchedulerLimits limits)
     : kv_(kv_manager), limits_(limits) {}
 
 void Scheduler::Enqueue(std::unique_ptr<Sequence> seq) {
-  seq->prefill_end = PrefillEnd(*seq);
+  seq->prefill_end = static_cast<int64_t>(seq->tokens.size());  // the prompt: nothing generated yet
   waiting_.push_back(std::move(seq));
 }
 
@@ -69,18 +55,21 @@ ScheduledChunk Scheduler::NextChunk(Sequence& seq, int64_t budget) const {
 void Scheduler::PreemptNewest() {
   std::unique_ptr<Sequence> seq = std::move(running_.back());
   running_.pop_back();
-  if (auto subspace = seq->cache->subspace()) seq->subspace = std::move(subspace);
-  seq->cache.reset();  // its pages go back to the pool now
-  seq->prefill_end = PrefillEnd(*seq);
+  // Its pages go back to the pool now. A cache that had nothing to keep leaves the handle of an
+  // earlier preemption in place (a recomputation preempted again before its prompt completed).
+  kv::ResumeState resume = kv_.Preempt(std::move(seq->cache));
+  if (resume.pages() > 0 || seq->resume.pages() == 0) seq->resume = std::move(resume);
+  seq->prefill_end = seq->resume.RecomputePrefill(seq->prompt_len, static_cast<int64_t>(seq->tokens.size()));
+  seq->MoveTo(SequenceState::kPreempted);
   // Newest preempted first, so the front of the queue stays in arrival order.
   waiting_.push_front(std::move(seq));
   ++preemptions_;
 }
 
-bool Scheduler::DropWaitingSubspace(const Sequence* keep) {
+bool Scheduler::ReleaseWaitingResume(const Sequence* keep) {
   for (auto it = waiting_.rbegin(); it != waiting_.rend(); ++it) {
-    if (it->get() != keep && (*it)->subspace) {
-      (*it)->subspace.reset();
+    if (it->get() != keep && (*it)->resume.pages() > 0) {
+      (*it)->resume.Release();
       return true;
     }
   }
@@ -108,7 +97,7 @@ StepPlan Scheduler::Plan() {
         PreemptNewest();  // this one is the newest: it gives way to the older ones
         preempted_self = true;
         break;
-      } else if (!DropWaitingSubspace(nullptr)) {
+      } else if (!ReleaseWaitingResume(nullptr)) {
         break;  // alone, and nothing else holds pages it could take
       }
       reserved = ReserveFor(seq, chunk.num_tokens);
@@ -147,7 +136,7 @@ bool Scheduler::Admit(int64_t* budget, StepPlan& plan) {
   while (true) {
     // The whole prompt part is reserved now: a prompt that is admitted can finish its prefill
     // unless an older sequence needs the pages.
-    auto cache = kv_.NewSequence(seq.kv_format, seq.prefill_end, seq.subspace);
+    auto cache = kv_.NewSequence(seq.kv_format, seq.prefill_end, &seq.resume);
     if (cache.ok()) {
       // Keep ~1% of the pool free for the running sequences' growth, or they would preempt
       // this one within a few steps and its prefill would be wasted.
@@ -159,13 +148,18 @@ bool Scheduler::Admit(int64_t* budget, StepPlan& plan) {
     }
     if (!absl::IsResourceExhausted(cache.status())) return fail(cache.status());
     if (!running_.empty()) return false;  // pages come back as running sequences finish
-    if (!DropWaitingSubspace(&seq)) {
+    if (!ReleaseWaitingResume(&seq)) {
       return fail(absl::Status(cache.status().code(), absl::StrCat("the KV pool cannot hold this sequence: ",
                                                                    cache.status().message())));
     }
   }
   std::unique_ptr<Sequence> admitted = std::move(waiting_.front());
   waiting_.pop_front();
+  if (admitted->state() == SequenceState::kWaiting) {
+    admitted->timings.queue_seconds =
+        std::chrono::duration<double>(EngineClock::now() - admitted->submitted).count();
+  }
+  admitted->MoveTo(SequenceState::kPrefilling);
   auto at = std::upper_bound(running_.begin(), running_.end(), admitted->arrival,
                              [](uint64_t arrival, const auto& s) { return arrival < s->arrival; });
   running_.insert(at, std::move(admitted));

@@ -1,7 +1,8 @@
 // Continuous batching: which sequences feed how many tokens in the next engine step, under a
 // token budget, a cap on running sequences and the KV page pool. When the pool is short the
-// newest running sequence is preempted (its pages freed) and recomputed later.
-// Engine thread only; internal to runtime/ (includes ATen through kv_cache.h).
+// newest running sequence is preempted (its pages freed) and recomputed later. The scheduler
+// sees the cache manager's allocation results and opaque resume handles, never a KV format's
+// internals. Engine thread only; internal to runtime/ (includes ATen through kv_cache.h).
 #pragma once
 
 #include <chrono>
@@ -13,44 +14,9 @@
 
 #include "absl/status/status.h"
 #include "kvcache/kv_cache.h"
-#include "runtime/engine.h"
-#include "runtime/sampler.h"
-#include "runtime/stop_matcher.h"
-#include "runtime/tokenizer.h"
+#include "runtime/sequence.h"
 
 namespace squat {
-
-using EngineClock = std::chrono::steady_clock;
-
-// One accepted request inside the engine, from Submit to its final event.
-struct Sequence {
-  uint64_t arrival = 0;  // submission order: larger is newer
-  GenerateRequest request;
-  kv::KvFormat kv_format;
-  std::shared_ptr<RequestStream> stream;
-  EngineClock::time_point submitted;
-  int64_t prompt_len = 0;
-  int64_t max_new_tokens = 0;  // max_tokens capped by the context length and the pool
-
-  // Generation state; survives preemption.
-  std::vector<int32_t> tokens;  // the prompt, then every generated token
-  std::unique_ptr<Sampler> sampler;
-  std::unique_ptr<StreamingDecoder> decoder;
-  std::unique_ptr<StopMatcher> stops;
-  Timings timings;
-  bool admitted_once = false;
-  bool sampled_once = false;
-
-  // KV state; preemption drops the cache and recomputation rebuilds it.
-  std::unique_ptr<kv::SequenceKvCache> cache;
-  // The SQuat state of the first run, so that a recomputed prompt quantizes the same way.
-  std::shared_ptr<const kv::SquatSubspace> subspace;
-  // Tokens fed as the cache's prompt (in chunks); later tokens are fed one per step.
-  int64_t prefill_end = 0;
-
-  int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
-  int64_t computed() const { return cache ? cache->length() : 0; }
-};
 
 // One sequence's rows in a step: tokens [computed, computed + num_tokens) of seq->tokens.
 struct ScheduledChunk {
@@ -79,7 +45,7 @@ class Scheduler {
   // Queues a new sequence behind every waiting one.
   void Enqueue(std::unique_ptr<Sequence> seq);
   // Removes the waiting and running sequences whose request was cancelled (every sequence when
-  // `all`), with their caches still attached: the caller destroys them.
+  // `all`), with their caches still attached: the caller finishes them.
   std::vector<std::unique_ptr<Sequence>> TakeCancelled(bool all);
   // Reserves pages for the running sequences' next tokens (preempting the newest while the pool
   // is short), then admits waiting sequences in FIFO order while budget, cap and pages allow.
@@ -97,9 +63,9 @@ class Scheduler {
   ScheduledChunk NextChunk(Sequence& seq, int64_t budget) const;
   // Frees the newest running sequence's cache and queues it first for recomputation.
   void PreemptNewest();
-  // Drops the SQuat state a waiting (preempted) sequence holds, newest first, to free its
-  // pages for an older sequence that cannot run otherwise; false when none holds any.
-  bool DropWaitingSubspace(const Sequence* keep);
+  // Releases the pages a waiting (preempted) sequence's resume handle keeps, newest first, for
+  // an older sequence that cannot run otherwise; false when none keeps any.
+  bool ReleaseWaitingResume(const Sequence* keep);
   absl::Status ReserveFor(Sequence& seq, int64_t num_tokens);
   bool Admit(int64_t* budget, StepPlan& plan);
 

@@ -126,7 +126,7 @@ TEST_F(EvalTest, Fp16PerplexityEqualsFullSequenceLogitsInFloat64) {
     window.insert(window.end(), inputs.text_tokens.begin() + start, inputs.text_tokens.begin() + start + 95);
     auto cache = NewCache(model(), window.size());
     const at::Tensor logp =
-        at::log_softmax(model().Forward(AsTensor(window), *cache, /*last_only=*/false).to(at::kDouble), -1);
+        at::log_softmax(Forward(model(), window, cache, /*last_only=*/false).to(at::kDouble), -1);
     for (int64_t t = plan.prefix; t + 1 < plan.context; ++t) {
       nll -= logp[t][window[t + 1]].item<double>();
       ++count;
@@ -209,10 +209,10 @@ TEST_F(EvalTest, SharedPrefillMatchesSeparateRuns) {
   for (size_t f = 0; f < formats.size(); ++f) {
     auto cache = kv::StandaloneCache::Create(model().kv_shape(), formats[f].format, tokens.size());
     ASSERT_TRUE(cache.ok()) << cache.status();
-    const at::Tensor first = model().Forward(AsTensor({tokens.begin(), tokens.begin() + prefix}), **cache);
+    const at::Tensor first = Forward(model(), {tokens.begin(), tokens.begin() + prefix}, *cache);
     EXPECT_TRUE(at::equal(rows[0][0], first[0])) << formats[f].label << ": the prefill is the same forward pass";
     std::vector<at::Tensor> steps;
-    for (size_t t = prefix; t < tokens.size(); ++t) steps.push_back(model().Forward(AsTensor({tokens[t]}), **cache)[0]);
+    for (size_t t = prefix; t < tokens.size(); ++t) steps.push_back(Forward(model(), {tokens[t]}, *cache)[0]);
     separate.push_back(at::stack(steps));
   }
   std::vector<at::Tensor> shared_steps(rows.begin() + 1, rows.end());

@@ -1,11 +1,12 @@
-// End to end on a GPU: greedy generation of several sequences through LlamaModel::ForwardBatch
-// on CUDA (the fused batched decode kernels, kvcache/batched_decode.h) against a reference run:
-// the CPU path in float32 for every KV method, and, in float16, the same model on CUDA with the
-// batched path turned off (per-sequence attention over dequantized pages). The reference picks
-// each greedy token, the batched run is fed the same tokens, and at every step its logits must
-// agree with the reference's and give the same argmax wherever the reference's top two logits
-// are not nearly tied. Sequences join at different steps, so some steps mix a prompt with
-// batched decodes, and generation crosses several key flushes (R = 32). Skipped without CUDA.
+// End to end on a GPU: the model's steps through the CUDA attention backend (kernels/) against a
+// reference run: the CPU in float32 for every KV method, and, in float16 / bfloat16, the same
+// model on CUDA with the ATen reference backend. The reference picks each greedy token, the
+// CUDA run is fed the same tokens, and at every step its logits must agree with the
+// reference's and give the same argmax wherever the reference's top two logits are not nearly
+// tied. Sequences join at different steps, so steps mix prompts with decode rows, and
+// generation crosses several key flushes (R = 32). Also on CUDA: a step mixing every format
+// gives each sequence its tokens alone, and the kernels rotate pre-RoPE keys bit for bit as
+// the model does (float32). Skipped without CUDA.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -17,29 +18,21 @@
 #include <string>
 #include <vector>
 
-#include "kvcache/batched_decode.h"
+#include "kvcache/attention_backend.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/standalone_cache.h"
 #include "tests/model_test_support.h"
+#include "tests/step_mix_support.h"
 
 namespace squat {
 namespace {
 
-struct CacheSet {
+struct DeviceRun {
   std::unique_ptr<kv::KvCacheManager> manager;
+  std::unique_ptr<kv::AttentionBackend> reference;  // set: run through the reference backend
   std::vector<std::unique_ptr<kv::SequenceKvCache>> caches;
+  std::unique_ptr<StepRunner> runner;
 };
-
-kv::KvFormat FormatOf(kv::KvMethod method, int bits, int64_t head_dim) {
-  kv::KvFormat f;
-  f.method = method;
-  f.k_bits = f.v_bits = method == kv::KvMethod::kFp16 ? 16 : bits;
-  f.group_size = 32;
-  f.residual_length = 32;
-  f.block_size = head_dim / 2;
-  f.subspace_dim = 16;
-  f.lambda = 0.05;  // strong enough that the compensation changes codes
-  return f;
-}
 
 class GpuDecodeTest : public ::testing::Test {
  protected:
@@ -59,66 +52,70 @@ class GpuDecodeTest : public ::testing::Test {
   }
 
   // Prompts join at steps 0, 0 and 5; each then generates kSteps tokens.
-  // Reference: the CPU (float32) or, when gpu_dtype is not float32, the unbatched CUDA path.
   void Compare(kv::KvMethod method, int bits, const std::string& gpu_dtype, double logit_tolerance) {
     const bool against_cpu = gpu_dtype == "float32";
     SCOPED_TRACE(std::string(kv::KvMethodName(method)) + " K" + std::to_string(bits) + " on cuda " + gpu_dtype +
-                 (against_cpu ? " vs cpu" : " vs unbatched cuda") + ", seed " + std::to_string(seed_));
+                 (against_cpu ? " vs cpu" : " vs the reference backend on cuda") + ", seed " + std::to_string(seed_));
     ModelLoadOptions options;
     options.device = "cuda";
     options.dtype = gpu_dtype;
     auto cpu = against_cpu ? LoadFrom(*dir_) : LoadFrom(*dir_, options);
     auto gpu = LoadFrom(*dir_, options);
     ASSERT_TRUE(cpu.ok() && gpu.ok());
-    if (!against_cpu) cpu->model->set_batched_decode(false);
-    LlamaModel& cpu_model = *cpu->model;
+    LlamaModel& ref_model = *cpu->model;
     LlamaModel& gpu_model = *gpu->model;
-    const int64_t d = cpu_model.config().head_dim, vocab = cpu_model.config().vocab_size;
-    const kv::KvFormat format = FormatOf(method, bits, d);
+    const int64_t d = ref_model.config().head_dim, vocab = ref_model.config().vocab_size;
+    const kv::KvFormat format = MixFormat(method, bits, bits, d);
     const std::vector<int64_t> prompt_lengths = {40, 7, 70}, join_step = {0, 0, 5};
     constexpr int64_t kSteps = 45;
-    auto make = [&](LlamaModel& model) {
-      CacheSet run;
+    auto make = [&](LlamaModel& model, bool reference) {
+      DeviceRun run;
       auto manager = kv::KvCacheManager::Create(model.kv_shape(), format, int64_t{64} << 20);
       EXPECT_TRUE(manager.ok()) << manager.status();
       run.manager = std::move(*manager);
+      if (reference) run.reference = kv::AttentionBackend::CreateReference(model.kv_shape(), run.manager->shared_pool());
       for (int64_t length : prompt_lengths) {
         auto cache = run.manager->NewSequence(format, length + kSteps + 1);
         EXPECT_TRUE(cache.ok()) << cache.status();
         run.caches.push_back(std::move(*cache));
       }
+      auto runner = StepRunner::Create(model, *run.manager, 256, 3, run.reference.get());
+      EXPECT_TRUE(runner.ok()) << runner.status();
+      run.runner = std::move(*runner);
       return run;
     };
-    CacheSet on_cpu = make(cpu_model), on_gpu = make(gpu_model);
+    DeviceRun ref = make(ref_model, /*reference=*/!against_cpu), on_gpu = make(gpu_model, false);
+    EXPECT_STREQ(on_gpu.manager->backend().name(), "cuda");
     std::mt19937 rng(seed_);
-    std::vector<std::vector<int64_t>> pending(prompt_lengths.size());  // tokens to feed next
+    std::vector<std::vector<int32_t>> pending(prompt_lengths.size());  // tokens to feed next
     for (size_t s = 0; s < prompt_lengths.size(); ++s) {
-      for (int64_t i = 0; i < prompt_lengths[s]; ++i) pending[s].push_back(static_cast<int64_t>(rng() % vocab));
+      for (int64_t i = 0; i < prompt_lengths[s]; ++i) pending[s].push_back(static_cast<int32_t>(rng() % vocab));
     }
     std::vector<int64_t> generated(prompt_lengths.size(), 0);
-    int checked = 0, agreed = 0, batched_steps = 0, rows_beyond = 0;
+    int checked = 0, agreed = 0, decode_rows = 0, rows_beyond = 0;
     double worst = 0;
     std::vector<double> relative;  // per compared row
     for (int64_t step = 0;; ++step) {
-      std::vector<int64_t> rows;
-      std::vector<ForwardSegment> cpu_segments, gpu_segments;
+      std::vector<StepEntry> ref_entries, gpu_entries;
       std::vector<size_t> members;
       for (size_t s = 0; s < prompt_lengths.size(); ++s) {
         if (step < join_step[s] || generated[s] >= kSteps) continue;
-        rows.insert(rows.end(), pending[s].begin(), pending[s].end());
-        const int64_t n = static_cast<int64_t>(pending[s].size());
-        cpu_segments.push_back({on_cpu.caches[s].get(), n, true});
-        gpu_segments.push_back({on_gpu.caches[s].get(), n, true});
+        StepEntry e;
+        e.tokens = pending[s].data();
+        e.num_tokens = static_cast<int64_t>(pending[s].size());
+        e.cache = ref.caches[s].get();
+        ref_entries.push_back(e);
+        e.cache = on_gpu.caches[s].get();
+        gpu_entries.push_back(e);
         members.push_back(s);
-        if (n == 1 && kv::DecodeBatch::Supports(*on_gpu.caches[s])) ++batched_steps;
+        decode_rows += e.num_tokens == 1;
       }
       if (members.empty()) break;
-      const at::Tensor tokens = at::tensor(rows, at::TensorOptions().dtype(at::kLong));
-      const at::Tensor cpu_logits = cpu_model.ForwardBatch(tokens, cpu_segments).to(at::kCPU);
-      const at::Tensor gpu_logits = gpu_model.ForwardBatch(tokens, gpu_segments).to(at::kCPU);
+      const at::Tensor ref_logits = ref.runner->Run(ref_entries).to(at::kCPU);
+      const at::Tensor gpu_logits = on_gpu.runner->Run(gpu_entries).to(at::kCPU);
       for (size_t m = 0; m < members.size(); ++m) {
         const size_t s = members[m];
-        const at::Tensor expected = cpu_logits[m], got = gpu_logits[m];
+        const at::Tensor expected = ref_logits[m], got = gpu_logits[m];
         const double diff = (got - expected).abs().max().item<double>();
         const double range = expected.abs().max().item<double>();
         worst = std::max(worst, diff / range);
@@ -131,19 +128,17 @@ class GpuDecodeTest : public ::testing::Test {
           ++checked;
           if (got.argmax().item<int64_t>() == greedy) ++agreed;
         }
-        pending[s] = {greedy};
+        pending[s] = {static_cast<int32_t>(greedy)};
         ++generated[s];
       }
     }
-    EXPECT_GT(batched_steps, 100) << "the batched CUDA decode path was not used";
+    EXPECT_GT(decode_rows, 100) << "too few decode rows went through the kernels";
     EXPECT_GT(checked, against_cpu ? 100 : 10);
     // Quantized formats: a code that rounds the other way (the two runs' keys differ in the
     // last bits and one sits on a rounding tie) moves a key by a whole quantization step, and
-    // that difference stays in the sequence's cache for every later step. Measured on an H100:
-    // in float32 one such flip in about one run of two, in fp16/bf16 (attention outputs of the
-    // fused float32 kernel and of the half-precision unbatched path differ by ~1e-3, so the
-    // next layer's keys differ) several. So for them the median row is bounded and most greedy
-    // tokens must agree; the full-precision format must agree on every row and token.
+    // that difference stays in the sequence's cache for every later step. So for them the
+    // median row is bounded and most greedy tokens must agree; the full-precision format must
+    // agree on every row and token.
     const bool exact = method == kv::KvMethod::kFp16;
     std::sort(relative.begin(), relative.end());
     const double median = relative[relative.size() / 2];
@@ -154,9 +149,8 @@ class GpuDecodeTest : public ::testing::Test {
     const int allowed = exact ? 0 : against_cpu ? checked / 10 : checked / 5;
     EXPECT_GE(agreed, checked - allowed) << agreed << " of " << checked << " greedy tokens agree";
     std::cout << kv::KvMethodName(method) << " K" << bits << " cuda " << gpu_dtype
-              << (against_cpu ? " vs cpu" : " vs unbatched cuda") << ": median |dlogit|/max|logit| " << median
-              << ", max "
-              << worst << ", " << checked << " greedy tokens checked, " << batched_steps << " batched decodes\n";
+              << (against_cpu ? " vs cpu" : " vs reference backend") << ": median |dlogit|/max|logit| " << median
+              << ", max " << worst << ", " << checked << " greedy tokens checked, " << decode_rows << " decode rows\n";
   }
 
   static TempDir* tmp_;
@@ -166,62 +160,133 @@ class GpuDecodeTest : public ::testing::Test {
 TempDir* GpuDecodeTest::tmp_ = nullptr;
 std::string* GpuDecodeTest::dir_ = nullptr;
 
-TEST_F(GpuDecodeTest, Fp16FormatGreedyMatchesCpu) {
+TEST_F(GpuDecodeTest, Fp16FormatGreedyMatchesReference) {
   Compare(kv::KvMethod::kFp16, 16, "float32", 1e-4);
   Compare(kv::KvMethod::kFp16, 16, "float16", 2e-2);
 }
-TEST_F(GpuDecodeTest, KiviGreedyMatchesCpu) {
+TEST_F(GpuDecodeTest, KiviGreedyMatchesReference) {
   Compare(kv::KvMethod::kKivi, 2, "float32", 1e-3);
   Compare(kv::KvMethod::kKivi, 4, "float32", 1e-3);
   Compare(kv::KvMethod::kKivi, 2, "float16", 3e-2);
 }
-TEST_F(GpuDecodeTest, SquatPreGreedyMatchesCpu) {
+TEST_F(GpuDecodeTest, SquatPreGreedyMatchesReference) {
   Compare(kv::KvMethod::kSquatPre, 2, "float32", 1e-3);
   Compare(kv::KvMethod::kSquatPre, 4, "float16", 3e-2);
 }
-TEST_F(GpuDecodeTest, SquatPostGreedyMatchesCpu) {
+TEST_F(GpuDecodeTest, SquatPostGreedyMatchesReference) {
   Compare(kv::KvMethod::kSquatPost, 2, "float32", 1e-3);
   Compare(kv::KvMethod::kSquatPost, 4, "bfloat16", 5e-2);
 }
 
+// As step_runner_test's CPU case, through the CUDA kernels: every format, prefill chunks and
+// decode rows in the same steps, each sequence's greedy tokens as alone.
+TEST_F(GpuDecodeTest, MixedStepsGiveEachSequenceItsTokensAlone) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (const std::string dtype : {"float32", "float16"}) {
+    SCOPED_TRACE(dtype);
+    ModelLoadOptions options;
+    options.device = "cuda";
+    options.dtype = dtype;
+    auto loaded = LoadFrom(*dir_, options);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    LlamaModel& model = *loaded->model;
+    const int64_t d = model.config().head_dim;
+    auto kv = kv::KvCacheManager::Create(model.kv_shape(), MixFormat(kv::KvMethod::kSquatPre, 2, 2, d), int64_t{64} << 20);
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    ASSERT_STREQ((*kv)->backend().name(), "cuda");
+    const std::vector<MixSequence> seqs = MixedWorkload(d, model.config().vocab_size, seed_);
+    int mixed_steps = 0;
+    const std::vector<Greedy> mixed = RunMixed(model, **kv, seqs, /*chunk=*/24, nullptr, &mixed_steps);
+    std::vector<Greedy> alone;
+    for (const MixSequence& s : seqs) alone.push_back(RunAlone(model, **kv, s, nullptr));
+    EXPECT_GT(mixed_steps, 3);
+    EXPECT_LE(ExpectSameTokens(seqs, mixed, alone, 2e-2), 2);
+    EXPECT_EQ((*kv)->stats().used_pages, 0);
+  }
+}
+
+// The model rotates q and k with its RoPE table; the CUDA kernels rotate a pre-RoPE cache's
+// keys with the same table (RotatePair). In float32, while every key is full precision, an fp16
+// cache (the model's k_rot) and a squat cache (k, rotated in the kernel) give the same logits
+// bit for bit: prefill in two chunks (the second attends over stored keys), then decode below
+// R = 32 tokens through the decode kernel.
+TEST_F(GpuDecodeTest, KernelsRotateLikeTheModelBitForBit) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  ModelLoadOptions options;
+  options.device = "cuda";
+  options.dtype = "float32";
+  auto loaded = LoadFrom(*dir_, options);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  LlamaModel& model = *loaded->model;
+  const int64_t d = model.config().head_dim;
+  std::mt19937 rng(seed_);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 31; ++i) tokens.push_back(static_cast<int32_t>(rng() % model.config().vocab_size));
+  std::vector<std::vector<at::Tensor>> logits(2);
+  const std::vector<kv::KvFormat> formats = {MixFormat(kv::KvMethod::kFp16, 16, 16, d),
+                                             MixFormat(kv::KvMethod::kSquatPre, 2, 2, d)};
+  for (size_t f = 0; f < formats.size(); ++f) {
+    auto cache = kv::StandaloneCache::Create(model.kv_shape(), formats[f], 40);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ASSERT_STREQ(cache->manager().backend().name(), "cuda");
+    kv::SequenceKvCache& seq = **cache;
+    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin(), tokens.begin() + 11}, false,
+                                        /*prompt_complete=*/false).cpu());
+    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin() + 11, tokens.begin() + 20}, false).cpu());
+    for (size_t t = 20; t < tokens.size(); ++t) {
+      logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens[t]}).cpu());
+    }
+  }
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    EXPECT_TRUE(at::equal(logits[0][i], logits[1][i])) << "step " << i << ": max |diff| "
+                                                       << (logits[0][i] - logits[1][i]).abs().max().item<double>();
+  }
+}
+
 // Not a check: prints the decode-step time of 64 sequences (prompt 160) on a small fp16 model
-// with head_dim 128 (4 layers, 8 heads), fused batched kernels vs the per-sequence path.
+// with head_dim 128 (4 layers, 8 heads), the CUDA backend vs the ATen reference backend.
 TEST_F(GpuDecodeTest, DecodeStepTiming) {
   TempDir tmp;
   const std::string dir = Generate(tmp, "timing", "--preset tiny --seed 3 --num-heads 8 --num-kv-heads 8 "
                                                   "--hidden-size 1024 --head-dim 128 --num-layers 4 --dtype float16");
   for (kv::KvMethod method : {kv::KvMethod::kFp16, kv::KvMethod::kKivi, kv::KvMethod::kSquatPre}) {
-    for (bool batched : {false, true}) {
+    for (bool kernels : {false, true}) {
       ModelLoadOptions options;
       options.device = "cuda";
       auto loaded = LoadFrom(dir, options);
       ASSERT_TRUE(loaded.ok()) << loaded.status();
       LlamaModel& model = *loaded->model;
-      model.set_batched_decode(batched);
-      const kv::KvFormat format = FormatOf(method, 2, 128);
+      const kv::KvFormat format = MixFormat(method, 2, 2, 128);
       auto manager = kv::KvCacheManager::Create(model.kv_shape(), format, int64_t{2} << 30);
       ASSERT_TRUE(manager.ok()) << manager.status();
+      std::unique_ptr<kv::AttentionBackend> reference;
+      if (!kernels) reference = kv::AttentionBackend::CreateReference(model.kv_shape(), (*manager)->shared_pool());
       constexpr int kSeqs = 64, kPrompt = 160, kSteps = 48;
+      auto runner = StepRunner::Create(model, **manager, kSeqs * kPrompt, kSeqs, reference.get());
+      ASSERT_TRUE(runner.ok()) << runner.status();
       std::vector<std::unique_ptr<kv::SequenceKvCache>> caches;
-      std::vector<ForwardSegment> prompt_segments, decode_segments;
+      std::mt19937 rng(3);
+      std::vector<std::vector<int32_t>> prompts(kSeqs), next(kSeqs, std::vector<int32_t>(1, 1));
+      std::vector<StepEntry> prefill, decode;
       for (int s = 0; s < kSeqs; ++s) {
         auto cache = (*manager)->NewSequence(format, kPrompt + kSteps + 1);
         ASSERT_TRUE(cache.ok()) << cache.status();
         caches.push_back(std::move(*cache));
-        prompt_segments.push_back({caches.back().get(), kPrompt, true});
-        decode_segments.push_back({caches.back().get(), 1, true});
+        for (int i = 0; i < kPrompt; ++i) prompts[s].push_back(static_cast<int32_t>(rng() % model.config().vocab_size));
+        prefill.push_back({caches.back().get(), prompts[s].data(), kPrompt, true, true, false});
+        decode.push_back({caches.back().get(), next[s].data(), 1, true, true, false});
       }
-      const int64_t vocab = model.config().vocab_size;
-      model.ForwardBatch(at::randint(vocab, {kSeqs * kPrompt}, at::kLong), prompt_segments);
-      at::Tensor next = at::randint(vocab, {kSeqs}, at::kLong);
-      model.ForwardBatch(next, decode_segments).to(at::kCPU);  // warm-up
+      (*runner)->Run(prefill);
+      auto step = [&] {
+        const at::Tensor ids = (*runner)->Run(decode).argmax(-1).to(at::kCPU);
+        for (int s = 0; s < kSeqs; ++s) next[s][0] = static_cast<int32_t>(ids[s].item<int64_t>());
+      };
+      step();  // warm-up
       const auto start = std::chrono::steady_clock::now();
-      for (int step = 1; step < kSteps; ++step) {
-        next = model.ForwardBatch(next, decode_segments).argmax(-1).to(at::kCPU);
-      }
+      for (int i = 1; i < kSteps; ++i) step();
       const double ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / (kSteps - 1);
-      std::cout << kv::KvMethodName(method) << (batched ? " batched kernels" : " per-sequence path") << ": " << ms
+      std::cout << kv::KvMethodName(method) << (kernels ? " CUDA backend" : " reference backend") << ": " << ms
                 << " ms per decode step (" << kSeqs << " sequences, 4 layers, 8 heads, d 128, fp16)\n";
     }
   }

@@ -299,6 +299,15 @@ class DecodeAttentionTest : public KernelsTest {
     }
     std::vector<float> inv_freq(D / 2);
     for (int c = 0; c < D / 2; ++c) inv_freq[c] = static_cast<float>(std::pow(10000.0, -2.0 * c / D));
+    // The model's RoPE table (page_layout.h): row n = cos, then sin, of the float32 angles.
+    const int positions = *std::max_element(lengths.begin(), lengths.end());
+    std::vector<float> rope(static_cast<size_t>(positions) * D);
+    for (int n = 0; n < positions; ++n)
+      for (int c = 0; c < D / 2; ++c) {
+        const double angle = static_cast<float>(n) * inv_freq[c];
+        rope[static_cast<size_t>(n) * D + c] = static_cast<float>(std::cos(angle));
+        rope[static_cast<size_t>(n) * D + D / 2 + c] = static_cast<float>(std::sin(angle));
+      }
     // New q, k, v rows in the dtype: k and v with a row stride larger than H * d (as in the
     // fused qkv projection).
     const int64_t q_stride = static_cast<int64_t>(L.q_heads) * D, kv_stride = 3LL * H * D;
@@ -313,13 +322,13 @@ class DecodeAttentionTest : public KernelsTest {
       }
 
     DeviceBuffer d_pool(pool.bytes.size()), d_pages(page_ids.size() * 4), d_seqs(seqs.size() * sizeof(DecodeSequence));
-    DeviceBuffer d_q(q_in.size()), d_kv(kv_in.size()), d_freq(inv_freq.size() * 4), d_out(B * q_stride * elem);
+    DeviceBuffer d_q(q_in.size()), d_kv(kv_in.size()), d_rope(rope.size() * 4), d_out(B * q_stride * elem);
     ToDevice(d_pool, pool.bytes);
     ToDevice(d_pages, page_ids);
     ToDevice(d_seqs, seqs);
     ToDevice(d_q, q_in);
     ToDevice(d_kv, kv_in);
-    ToDevice(d_freq, inv_freq);
+    ToDevice(d_rope, rope);
     L.pool = d_pool.ptr;
 
     DecodeArgs args;
@@ -335,7 +344,8 @@ class DecodeAttentionTest : public KernelsTest {
     args.k_row_stride = kv_stride;
     args.v_new = static_cast<uint8_t*>(d_kv.ptr) + H * D * elem;
     args.v_row_stride = kv_stride;
-    args.inv_freq = static_cast<const float*>(d_freq.ptr);
+    args.rope_table = static_cast<const float*>(d_rope.ptr);
+    args.rope_positions = positions;
     args.out = d_out.ptr;
     args.out_row_stride = q_stride;
     std::unique_ptr<DeviceBuffer> workspace;
@@ -524,12 +534,13 @@ TEST_F(KernelsTest, DecodeAttentionTimingLlama2Shape) {
     }
     DeviceBuffer pool(ids.size() * L.page_bytes), pages(ids.size() * 4), d_seqs(B * sizeof(DecodeSequence));
     DeviceBuffer qkv(static_cast<size_t>(B) * 3 * H * D * 2), out(static_cast<size_t>(B) * H * D * 2),
-        freq(D / 2 * 4);
+        rope(static_cast<size_t>(N) * D * 4);
     ASSERT_TRUE(pool.ptr && qkv.ptr);
     std::vector<uint8_t> zeros(std::max<size_t>(ids.size() * L.page_bytes, static_cast<size_t>(B) * 3 * H * D * 2), 0);
     ASSERT_EQ(CopyToDevice(pool.ptr, zeros.data(), ids.size() * L.page_bytes, nullptr), 0);
     ASSERT_EQ(CopyToDevice(qkv.ptr, zeros.data(), static_cast<size_t>(B) * 3 * H * D * 2, nullptr), 0);
-    ASSERT_EQ(CopyToDevice(freq.ptr, zeros.data(), D / 2 * 4, nullptr), 0);
+    const std::vector<float> rope_zeros(static_cast<size_t>(N) * D, 0.f);
+    ToDevice(rope, rope_zeros);
     ToDevice(pages, ids);
     ToDevice(d_seqs, seqs);
     L.pool = pool.ptr;
@@ -546,7 +557,8 @@ TEST_F(KernelsTest, DecodeAttentionTimingLlama2Shape) {
     a.k_row_stride = 3 * H * D;
     a.v_new = static_cast<uint8_t*>(qkv.ptr) + 2 * H * D * 2;
     a.v_row_stride = 3 * H * D;
-    a.inv_freq = static_cast<const float*>(freq.ptr);
+    a.rope_table = static_cast<const float*>(rope.ptr);
+    a.rope_positions = N;
     a.out = out.ptr;
     a.out_row_stride = H * D;
     ASSERT_EQ(PagedDecodeAttention(a, nullptr), 0);
@@ -600,12 +612,13 @@ TEST_F(KernelsTest, DecodeAttentionTimingLongContextSplit) {
       }
       const size_t pool_bytes = ids.size() * L.page_bytes, qkv_bytes = static_cast<size_t>(B) * (n_rep + 2) * H * D * 2;
       DeviceBuffer pool(pool_bytes), pages(ids.size() * 4), d_seqs(B * sizeof(DecodeSequence));
-      DeviceBuffer qkv(qkv_bytes), out(static_cast<size_t>(B) * n_rep * H * D * 2), freq(D / 2 * 4);
+      DeviceBuffer qkv(qkv_bytes), out(static_cast<size_t>(B) * n_rep * H * D * 2), rope(static_cast<size_t>(N) * D * 4);
       ASSERT_TRUE(pool.ptr && qkv.ptr);
       std::vector<uint8_t> zeros(std::max(pool_bytes, qkv_bytes), 0);
       ASSERT_EQ(CopyToDevice(pool.ptr, zeros.data(), pool_bytes, nullptr), 0);
       ASSERT_EQ(CopyToDevice(qkv.ptr, zeros.data(), qkv_bytes, nullptr), 0);
-      ASSERT_EQ(CopyToDevice(freq.ptr, zeros.data(), D / 2 * 4, nullptr), 0);
+      const std::vector<float> rope_zeros(static_cast<size_t>(N) * D, 0.f);
+    ToDevice(rope, rope_zeros);
       ToDevice(pages, ids);
       ToDevice(d_seqs, seqs);
       L.pool = pool.ptr;
@@ -623,7 +636,8 @@ TEST_F(KernelsTest, DecodeAttentionTimingLongContextSplit) {
       a.k_row_stride = row;
       a.v_new = static_cast<uint8_t*>(qkv.ptr) + (n_rep + 1) * H * D * 2;
       a.v_row_stride = row;
-      a.inv_freq = static_cast<const float*>(freq.ptr);
+      a.rope_table = static_cast<const float*>(rope.ptr);
+      a.rope_positions = N;
       a.out = out.ptr;
       a.out_row_stride = n_rep * H * D;
       const DecodeSplit split = ChooseDecodeSplit(B, H, N);
@@ -695,7 +709,9 @@ class QuantizeTest : public KernelsTest {
     int64_t floats_per_head = 0;
     for (int done = g; done < D; done += g) floats_per_head += static_cast<int64_t>(g) * (D - done);
     const int64_t state_floats = L.num_layers * H * floats_per_head;
-    const int src_pages = (G + 5 + 7) / 8 + 1, dst_pages = 3;
+    const int groups = 2;  // one task quantizes two groups, another the first one again elsewhere
+    const int src_pages = (groups * G + 5 + 7) / 8 + 1, dst_pages = 3;
+    L.tokens_per_page = groups * G;
     const int state_pages = static_cast<int>((state_floats * 4 + L.page_bytes - 1) / L.page_bytes) + 1;
     const int total = src_pages + dst_pages + state_pages;
     pool.bytes.assign(static_cast<size_t>(total) * L.page_bytes, 0);
@@ -712,7 +728,7 @@ class QuantizeTest : public KernelsTest {
       for (int h = 0; h < H; ++h)
         for (int c = 0; c < D; ++c) {
           const float center = Uniform(-2.f, 2.f), spread = Uniform(0.1f, 1.5f);
-          for (int t = 0; t < G; ++t) {
+          for (int t = 0; t < groups * G; ++t) {
             const int slot = first_slot + t;
             pool.SetSlot(src[slot / 8], layer, 0, h, slot % 8, c, center + spread * Uniform(-1.f, 1.f));
           }
@@ -727,25 +743,27 @@ class QuantizeTest : public KernelsTest {
     std::vector<int32_t> table = src;
     table.insert(table.end(), dst.begin(), dst.end());
     table.insert(table.end(), state.begin(), state.end());
-    std::vector<KeyGroupJob> jobs;
-    const int dst_token = G;  // the second group of the first destination page
-    for (int layer = 0; layer < L.num_layers; ++layer) {
-      KeyGroupJob job;
-      job.layer = layer;
-      job.src_pages = 0;
-      job.src_first_slot = first_slot;
-      job.dst_pages = src_pages;
-      job.dst_first_token = dst_token;
-      job.state_pages = tc.block ? src_pages + dst_pages : -1;
-      jobs.push_back(job);
-    }
-    DeviceBuffer d_pool(pool.bytes.size()), d_table(table.size() * 4), d_jobs(jobs.size() * sizeof(KeyGroupJob));
+    KeyTask again;  // group 0 into the second destination page
+    again.src_pages = 0;
+    again.src_first_slot = first_slot;
+    again.dst_pages = src_pages + 1;
+    again.dst_first_token = 0;
+    again.state_pages = tc.block ? src_pages + dst_pages : -1;
+    again.num_groups = 1;
+    again.first_block = 0;
+    KeyTask task = again;  // both groups into the first
+    task.dst_pages = src_pages;
+    task.num_groups = groups;
+    task.first_block = L.num_layers;
+    const std::vector<KeyTask> tasks = {again, task};
+    const int32_t blocks = (1 + groups) * L.num_layers;
+    DeviceBuffer d_pool(pool.bytes.size()), d_table(table.size() * 4), d_tasks(tasks.size() * sizeof(KeyTask));
     ToDevice(d_pool, pool.bytes);
     ToDevice(d_table, table);
-    ToDevice(d_jobs, jobs);
+    ToDevice(d_tasks, tasks);
     L.pool = d_pool.ptr;
-    ASSERT_EQ(QuantizeKeyGroups(L, static_cast<const KeyGroupJob*>(d_jobs.ptr), static_cast<int32_t>(jobs.size()),
-                                static_cast<const int32_t*>(d_table.ptr), g, nullptr),
+    ASSERT_EQ(QuantizeKeyTasks(L, static_cast<const KeyTask*>(d_tasks.ptr), static_cast<int32_t>(tasks.size()), blocks,
+                               static_cast<const int32_t*>(d_table.ptr), g, nullptr),
               0);
     std::vector<uint8_t> after(pool.bytes.size());
     ToHost(after, d_pool);
@@ -755,48 +773,57 @@ class QuantizeTest : public KernelsTest {
     for (int layer = 0; layer < L.num_layers; ++layer) {
       const HostPool::Blocks b = got.QuantBlocks(dst[0], layer);
       const int fpi = 32 / tc.bits, tpp = L.tokens_per_page;
-      for (int h = 0; h < H; ++h) {
-        std::vector<float> x(G * D);
-        for (int t = 0; t < G; ++t)
-          for (int c = 0; c < D; ++c) {
-            const int slot = first_slot + t;
-            x[t * D + c] = pool.GetSlot(src[slot / 8], layer, 0, h, slot % 8, c);
-          }
-        int64_t comp_at = (static_cast<int64_t>(layer) * H + h) * floats_per_head;
-        for (int start = 0; start < D; start += g) {
-          const int rest = start + g, cols = D - rest;
-          std::vector<float> error(G * g);
-          for (int c = start; c < rest; ++c) {
-            float lo = x[c], hi = x[c];
-            for (int t = 1; t < G; ++t) lo = std::min(lo, x[t * D + c]), hi = std::max(hi, x[t * D + c]);
-            const Grid grid = MinMax(lo, hi, tc.bits);
-            const int64_t row = static_cast<int64_t>(h) * D + c, meta = row * (tpp / G) + dst_token / G;
-            ASSERT_EQ(got.Half(b.key_scale, meta), grid.scale) << "layer " << layer << " head " << h << " ch " << c;
-            ASSERT_EQ(got.Half(b.key_min, meta), grid.min);
-            for (int t = 0; t < G; ++t) {
-              const float code = Code(x[t * D + c], grid, tc.bits);
-              const int off = dst_token + t;
-              const uint32_t stored = (got.Word(b.key_words, row * (tpp / fpi) + off / fpi) >> (tc.bits * (off % fpi))) &
-                                      ((1u << tc.bits) - 1);
-              ASSERT_EQ(stored, static_cast<uint32_t>(code)) << "token " << t << " channel " << c;
-              const float dequant = code * HalfToFloat(grid.scale) + HalfToFloat(grid.min);
-              error[t * g + (c - start)] = dequant - x[t * D + c];
-              ++checked;
+      for (int group = 0; group < groups; ++group) {
+        const int dst_token = group * G;
+        for (int h = 0; h < H; ++h) {
+          std::vector<float> x(G * D);
+          for (int t = 0; t < G; ++t)
+            for (int c = 0; c < D; ++c) {
+              const int slot = first_slot + dst_token + t;
+              x[t * D + c] = pool.GetSlot(src[slot / 8], layer, 0, h, slot % 8, c);
             }
-          }
-          if (tc.block && rest < D) {
-            for (int t = 0; t < G; ++t)
-              for (int col = 0; col < cols; ++col) {
-                float sum = 0.f;
-                for (int j = 0; j < g; ++j) sum = std::fma(error[t * g + j], comp[comp_at + j * cols + col], sum);
-                x[t * D + rest + col] += sum;
+          int64_t comp_at = (static_cast<int64_t>(layer) * H + h) * floats_per_head;
+          for (int start = 0; start < D; start += g) {
+            const int rest = start + g, cols = D - rest;
+            std::vector<float> error(G * g);
+            for (int c = start; c < rest; ++c) {
+              float lo = x[c], hi = x[c];
+              for (int t = 1; t < G; ++t) lo = std::min(lo, x[t * D + c]), hi = std::max(hi, x[t * D + c]);
+              const Grid grid = MinMax(lo, hi, tc.bits);
+              const int64_t row = static_cast<int64_t>(h) * D + c, meta = row * (tpp / G) + dst_token / G;
+              ASSERT_EQ(got.Half(b.key_scale, meta), grid.scale) << "layer " << layer << " head " << h << " ch " << c;
+              ASSERT_EQ(got.Half(b.key_min, meta), grid.min);
+              for (int t = 0; t < G; ++t) {
+                const float code = Code(x[t * D + c], grid, tc.bits);
+                const int off = dst_token + t;
+                const uint32_t stored = (got.Word(b.key_words, row * (tpp / fpi) + off / fpi) >> (tc.bits * (off % fpi))) &
+                                        ((1u << tc.bits) - 1);
+                ASSERT_EQ(stored, static_cast<uint32_t>(code)) << "group " << group << " token " << t << " channel " << c;
+                const float dequant = code * HalfToFloat(grid.scale) + HalfToFloat(grid.min);
+                error[t * g + (c - start)] = dequant - x[t * D + c];
+                ++checked;
               }
-            comp_at += static_cast<int64_t>(g) * cols;
+            }
+            if (tc.block && rest < D) {
+              for (int t = 0; t < G; ++t)
+                for (int col = 0; col < cols; ++col) {
+                  float sum = 0.f;
+                  for (int j = 0; j < g; ++j) sum = std::fma(error[t * g + j], comp[comp_at + j * cols + col], sum);
+                  x[t * D + rest + col] += sum;
+                }
+              comp_at += static_cast<int64_t>(g) * cols;
+            }
           }
         }
       }
+      // The other task wrote group 0 into the second page: the same codes and metadata.
+      const HostPool::Blocks other = got.QuantBlocks(dst[1], layer);
+      for (int64_t row = 0; row < static_cast<int64_t>(H) * D; ++row) {
+        ASSERT_EQ(got.Word(other.key_words, row * (tpp / fpi)), got.Word(b.key_words, row * (tpp / fpi)));
+        ASSERT_EQ(got.Half(other.key_scale, row * (tpp / G)), got.Half(b.key_scale, row * (tpp / G)));
+      }
     }
-    EXPECT_EQ(checked, static_cast<int64_t>(L.num_layers) * H * G * D);
+    EXPECT_EQ(checked, static_cast<int64_t>(L.num_layers) * groups * H * G * D);
   }
 
   void RunValues(DType dtype, int bits, int head_dim, int group) {
@@ -815,31 +842,47 @@ class QuantizeTest : public KernelsTest {
     L.tokens_per_page = group;
     const int D = head_dim, H = L.kv_heads;
     L.page_bytes = 2LL * L.num_layers * H * L.slots_per_page * D * 4 + L.num_layers * 2LL * H * D * L.tokens_per_page;
-    const int tokens = 2 * group + 3, src_pages = (tokens + 3) / 4, dst_pages = (tokens + group - 1) / group;
+    // Tokens [0, split) from slots 0.. of one page list, [split, tokens) from a ring of
+    // `ring` slots of another, starting at slot ring - 2 (so it wraps).
+    const int tokens = 2 * group + 3, split = group + 1, ring = tokens - split + 2;
+    const int plain_pages = (split + 3) / 4, ring_pages = (ring + 3) / 4, dst_pages = (tokens + group - 1) / group;
+    const int src_pages = plain_pages + ring_pages;
     pool.bytes.assign(static_cast<size_t>(src_pages + dst_pages) * L.page_bytes, 0);
     std::vector<int32_t> ids(src_pages + dst_pages);
     std::iota(ids.begin(), ids.end(), 0);
     std::shuffle(ids.begin(), ids.end(), rng_);
-    std::vector<ValueTokenJob> jobs;
+    auto slot_of = [&](int t) {  // (page, slot) of token t's source
+      if (t < split) return std::pair<int32_t, int>{ids[t / 4], t % 4};
+      const int slot = (ring - 2 + (t - split)) % ring;
+      return std::pair<int32_t, int>{ids[plain_pages + slot / 4], slot % 4};
+    };
     for (int layer = 0; layer < L.num_layers; ++layer)
-      for (int t = 0; t < tokens; ++t) {
+      for (int t = 0; t < tokens; ++t)
         for (int h = 0; h < H; ++h)
-          for (int c = 0; c < D; ++c) pool.SetSlot(ids[t / 4], layer, 1, h, t % 4, c, Uniform(-3.f, 3.f));
-        ValueTokenJob job;
-        job.layer = layer;
-        job.src_pages = 0;
-        job.src_slot = t;
-        job.dst_pages = src_pages;
-        job.dst_token = t;
-        jobs.push_back(job);
-      }
-    DeviceBuffer d_pool(pool.bytes.size()), d_table(ids.size() * 4), d_jobs(jobs.size() * sizeof(ValueTokenJob));
+          for (int c = 0; c < D; ++c) pool.SetSlot(slot_of(t).first, layer, 1, h, slot_of(t).second, c, Uniform(-3.f, 3.f));
+    ValueTask plain;
+    plain.src_pages = 0;
+    plain.src_first_slot = 0;
+    plain.dst_pages = src_pages;
+    plain.dst_first_token = 0;
+    plain.num_tokens = split;
+    plain.first_block = 0;
+    ValueTask wrapped;
+    wrapped.src_pages = plain_pages;
+    wrapped.src_first_slot = ring - 2;
+    wrapped.ring = ring;
+    wrapped.dst_pages = src_pages;
+    wrapped.dst_first_token = split;
+    wrapped.num_tokens = tokens - split;
+    wrapped.first_block = split * L.num_layers;
+    const std::vector<ValueTask> tasks = {plain, wrapped};
+    DeviceBuffer d_pool(pool.bytes.size()), d_table(ids.size() * 4), d_tasks(tasks.size() * sizeof(ValueTask));
     ToDevice(d_pool, pool.bytes);
     ToDevice(d_table, ids);
-    ToDevice(d_jobs, jobs);
+    ToDevice(d_tasks, tasks);
     L.pool = d_pool.ptr;
-    ASSERT_EQ(QuantizeValueTokens(L, static_cast<const ValueTokenJob*>(d_jobs.ptr), static_cast<int32_t>(jobs.size()),
-                                  static_cast<const int32_t*>(d_table.ptr), nullptr),
+    ASSERT_EQ(QuantizeValueTasks(L, static_cast<const ValueTask*>(d_tasks.ptr), static_cast<int32_t>(tasks.size()),
+                                 tokens * L.num_layers, static_cast<const int32_t*>(d_table.ptr), nullptr),
               0);
     std::vector<uint8_t> after(pool.bytes.size());
     ToHost(after, d_pool);
@@ -853,7 +896,7 @@ class QuantizeTest : public KernelsTest {
           for (int c0 = 0; c0 < D; c0 += group) {
             float lo = INFINITY, hi = -INFINITY;
             for (int c = c0; c < c0 + group; ++c) {
-              const float x = pool.GetSlot(ids[t / 4], layer, 1, h, t % 4, c);
+              const float x = pool.GetSlot(slot_of(t).first, layer, 1, h, slot_of(t).second, c);
               lo = std::min(lo, x), hi = std::max(hi, x);
             }
             const Grid grid = MinMax(lo, hi, bits);
@@ -861,7 +904,7 @@ class QuantizeTest : public KernelsTest {
             ASSERT_EQ(got.Half(b.value_scale, row * (D / group) + c0 / group), grid.scale);
             ASSERT_EQ(got.Half(b.value_min, row * (D / group) + c0 / group), grid.min);
             for (int c = c0; c < c0 + group; ++c) {
-              const float code = Code(pool.GetSlot(ids[t / 4], layer, 1, h, t % 4, c), grid, bits);
+              const float code = Code(pool.GetSlot(slot_of(t).first, layer, 1, h, slot_of(t).second, c), grid, bits);
               const uint32_t stored = (got.Word(b.value_words, row * (D / fpi) + c / fpi) >> (bits * (c % fpi))) &
                                       ((1u << bits) - 1);
               ASSERT_EQ(stored, static_cast<uint32_t>(code)) << "layer " << layer << " token " << t << " ch " << c;

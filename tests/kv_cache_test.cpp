@@ -19,13 +19,16 @@
 #include <tuple>
 #include <vector>
 
+#include "kvcache/attention_backend.h"
 #include "kvcache/device_eigh.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/query_gram.h"
 #include "kvcache/quantized_sequence_cache.h"
+#include "kvcache/rope.h"
 #include "kvcache/squat_math.h"
 #include "kvcache/squat_state.h"
+#include "kvcache/step_batch.h"
 
 namespace squat::kv {
 namespace {
@@ -44,6 +47,12 @@ class SeededTest : public ::testing::Test {
   std::mt19937 rng_;
 };
 
+// RoPE inverse frequencies of a head_dim (theta 10000), float32.
+at::Tensor InvFreq(int64_t head_dim) {
+  at::Tensor exponent = at::arange(0, head_dim, 2, at::kFloat) / static_cast<double>(head_dim);
+  return at::pow(10000.0, exponent).reciprocal();
+}
+
 KvModelShape SmallShape(int64_t layers = 2, int64_t kv_heads = 2, int64_t n_rep = 2, int64_t head_dim = 64) {
   KvModelShape shape;
   shape.num_layers = layers;
@@ -52,8 +61,7 @@ KvModelShape SmallShape(int64_t layers = 2, int64_t kv_heads = 2, int64_t n_rep 
   shape.head_dim = head_dim;
   shape.compute_dtype = at::kFloat;
   shape.device = at::kCPU;
-  at::Tensor exponent = at::arange(0, head_dim, 2, at::kFloat) / static_cast<double>(head_dim);
-  shape.inv_freq = at::pow(10000.0, exponent).reciprocal();
+  shape.rope_table = BuildRopeTable(InvFreq(head_dim), 2048, at::kCPU);
   return shape;
 }
 
@@ -101,7 +109,8 @@ std::unique_ptr<KvCacheManager> MakeManager(const KvModelShape& shape, const KvF
 
 // HF rotate-half RoPE; angles are the float32 products pos * inv_freq (as the model forms
 // them), cos/sin and the rotation in float64.
-at::Tensor Rope64(const at::Tensor& x, int64_t first_position, const at::Tensor& inv_freq) {
+at::Tensor Rope64(const at::Tensor& x, int64_t first_position) {
+  const at::Tensor inv_freq = InvFreq(x.size(2));
   const int64_t n = x.size(1), half = x.size(2) / 2;
   at::Tensor positions = at::arange(first_position, first_position + n, at::kFloat);
   at::Tensor freqs = at::outer(positions, inv_freq).to(at::kDouble);
@@ -143,7 +152,7 @@ RunInputs RandomInputs(const KvModelShape& s, int64_t total) {
     // A per-channel offset, as real keys have, so min-max groups are not centred at zero.
     at::Tensor k = at::randn({s.num_kv_heads, total, s.head_dim}) + 2.0 * at::randn({s.num_kv_heads, 1, s.head_dim});
     in.k_pre.push_back(k);
-    in.k_rot.push_back(Rope64(k, 0, s.inv_freq).to(at::kFloat));
+    in.k_rot.push_back(Rope64(k, 0).to(at::kFloat));
     in.v.push_back(at::randn({s.num_kv_heads, total, s.head_dim}));
   }
   return in;
@@ -152,7 +161,7 @@ RunInputs RandomInputs(const KvModelShape& s, int64_t total) {
 // The same shape and inputs on another device.
 KvModelShape OnDevice(KvModelShape shape, at::Device device) {
   shape.device = device;
-  shape.inv_freq = shape.inv_freq.to(device);
+  shape.rope_table = shape.rope_table.to(device);
   return shape;
 }
 RunInputs ToDevice(const RunInputs& in, at::Device device) {
@@ -166,16 +175,29 @@ RunInputs ToDevice(const RunInputs& in, at::Device device) {
   return out;
 }
 
-// Attends positions [start, start + count) of every layer and commits (prompt_complete = false:
-// a prompt chunk with more to come); returns each layer's output.
-std::vector<at::Tensor> Step(SequenceKvCache& cache, const RunInputs& in, int64_t start, int64_t count,
-                             bool prompt_complete = true) {
+// One step of one sequence, as the engine runs it: a StepBatch of that sequence, one attention
+// call per layer through the manager's backend with positions [start, start + count) of the
+// inputs, then the step's quantization and commit (prompt_complete = false: a prompt chunk
+// with more to come). Returns each layer's output [H_q, count, d].
+std::vector<at::Tensor> Step(KvCacheManager& manager, SequenceKvCache& cache, const RunInputs& in, int64_t start,
+                             int64_t count, bool prompt_complete = true) {
+  auto batch = StepBatch::Create(manager, StepCapacity{count, 1, manager.StepPageIds(1)});
+  EXPECT_TRUE(batch.ok()) << batch.status();
+  const std::vector<int32_t> tokens(count, 0);  // the backend never reads token ids
+  (*batch)->Begin();
+  (*batch)->Add(&cache, tokens.data(), count, prompt_complete, /*logits=*/false);
+  (*batch)->Seal();
+  AttentionBackend& backend = manager.backend();
+  backend.BeginStep(**batch);
   std::vector<at::Tensor> outs;
+  auto rows = [&](const at::Tensor& t) { return t.narrow(1, start, count).transpose(0, 1).contiguous(); };
   for (int64_t l = 0; l < static_cast<int64_t>(in.q_rot.size()); ++l) {
-    outs.push_back(cache.Attend(l, in.q_rot[l].narrow(1, start, count), in.k_pre[l].narrow(1, start, count),
-                                in.k_rot[l].narrow(1, start, count), in.v[l].narrow(1, start, count)));
+    const at::Tensor q = rows(in.q_rot[l]);
+    const at::Tensor out = at::empty_like(q);
+    backend.Attend(l, **batch, q, rows(in.k_pre[l]), rows(in.k_rot[l]), rows(in.v[l]), out);
+    outs.push_back(out.transpose(0, 1));
   }
-  cache.Commit(count, prompt_complete);
+  (*batch)->Finish(backend);
   return outs;
 }
 
@@ -388,7 +410,7 @@ TEST_F(KvPoolTest, CapacityIsExactAndFullPoolIsExhausted) {
       auto whole = manager->NewSequence(format, prompt);
       ASSERT_TRUE(whole.ok()) << whole.status();
       EXPECT_EQ((*whole)->reserved_tokens(), prompt);
-      Step(**whole, RandomInputs(shape, prompt), 0, prompt);
+      Step(*manager, **whole, RandomInputs(shape, prompt), 0, prompt);
       ASSERT_TRUE((*whole)->Reserve(capacity).ok());
       EXPECT_EQ((*whole)->reserved_tokens(), capacity);
       EXPECT_EQ(manager->stats().used_pages, total);
@@ -482,16 +504,23 @@ TEST_F(KvPoolTest, SharedSubspaceStateStaysWithTheManager) {
   EXPECT_EQ(manager->stats().used_pages, state_pages + (*c)->pages());  // reused, not grown
 }
 
+// Pages are leased from the pool, not the manager: a sequence's contents stay valid after its
+// manager is gone, and its pages go back to the pool with it.
 TEST(KvPoolLifetimeTest, SequenceMayOutliveItsManager) {
   const KvModelShape shape = SmallShape();
   auto manager = MakeManager(shape, Quantized(KvMethod::kSquatPre, 2, 2, 32, 32), 24);
   ASSERT_TRUE(manager);
   auto seq = manager->NewSequence(Quantized(KvMethod::kSquatPost, 2, 2, 32, 32), 50);
   ASSERT_TRUE(seq.ok());
-  manager.reset();
   const RunInputs in = RandomInputs(shape, 40);
-  Step(**seq, in, 0, 40);
-  EXPECT_EQ((*seq)->length(), 40);
+  Step(*manager, **seq, in, 0, 40);
+  manager.reset();
+  auto* cache = dynamic_cast<QuantizedSequenceCache*>(seq->get());
+  ASSERT_NE(cache, nullptr);
+  EXPECT_EQ(cache->length(), 40);
+  // The last 8 keys stayed in the residual window, exactly.
+  EXPECT_TRUE(at::equal(cache->residual_store().Read(1, KvPart::kKeys, 0, 8), in.k_rot[1].narrow(1, 32, 8)));
+  seq->reset();
 }
 
 // ---- fp16 format ----
@@ -509,7 +538,7 @@ TEST_P(Fp16AttentionTest, MatchesDenseFloat64Attention) {
   ASSERT_TRUE(seq.ok()) << seq.status();
   const RunInputs in = RandomInputs(shape, total);
 
-  std::vector<at::Tensor> outs = Step(**seq, in, 0, prompt);
+  std::vector<at::Tensor> outs = Step(*manager, **seq, in, 0, prompt);
   for (int64_t l = 0; l < shape.num_layers; ++l) {
     ASSERT_EQ(outs[l].sizes(), at::IntArrayRef({shape.num_attention_heads, prompt, shape.head_dim}));
     const at::Tensor ref = DenseAttention64(in.q_rot[l].narrow(1, 0, prompt), in.k_rot[l].narrow(1, 0, prompt),
@@ -517,7 +546,7 @@ TEST_P(Fp16AttentionTest, MatchesDenseFloat64Attention) {
     EXPECT_LT(MaxAbsDiff(outs[l], ref), 1e-5) << "prefill layer " << l;
   }
   for (int64_t p = prompt; p < total; ++p) {
-    outs = Step(**seq, in, p, 1);
+    outs = Step(*manager, **seq, in, p, 1);
     for (int64_t l = 0; l < shape.num_layers; ++l) {
       const at::Tensor ref = DenseAttention64(in.q_rot[l].narrow(1, p, 1), in.k_rot[l].narrow(1, 0, p + 1),
                                               in.v[l].narrow(1, 0, p + 1), p);
@@ -525,7 +554,7 @@ TEST_P(Fp16AttentionTest, MatchesDenseFloat64Attention) {
     }
   }
   EXPECT_EQ((*seq)->length(), total);
-  EXPECT_THROW(Step(**seq, in, 0, 1), c10::Error);  // beyond max_tokens
+  EXPECT_THROW(Step(*manager, **seq, in, 0, 1), c10::Error);  // beyond max_tokens
 }
 
 INSTANTIATE_TEST_SUITE_P(GqaAndPages, Fp16AttentionTest,
@@ -618,7 +647,7 @@ class ReferenceCache {
     QuantizeKeysUpTo(n_q);
     QuantizeValuesUpTo(n_v);
     at::Tensor keys = at::cat({dequant_keys_[layer].narrow(1, 0, n_q), Keys(layer).narrow(1, n_q, p + 1 - n_q)}, 1);
-    keys = format_.method == KvMethod::kSquatPre ? Rope64(keys, 0, shape_.inv_freq) : keys.to(at::kDouble);
+    keys = format_.method == KvMethod::kSquatPre ? Rope64(keys, 0) : keys.to(at::kDouble);
     at::Tensor values =
         at::cat({dequant_values_[layer].narrow(1, 0, n_v), in_.v[layer].narrow(1, n_v, p + 1 - n_v)}, 1);
     return DenseAttention64(in_.q_rot[layer].narrow(1, p, 1), keys, values, p);
@@ -670,7 +699,7 @@ TEST_P(QuantizedDecodeTest, OutputEqualsDenseAttentionOverDequantizedCache) {
   const RunInputs in = RandomInputs(shape, total);
   ReferenceCache ref(shape, format, in, prompt);
 
-  std::vector<at::Tensor> outs = Step(**seq, in, 0, prompt);
+  std::vector<at::Tensor> outs = Step(*manager, **seq, in, 0, prompt);
   for (int64_t l = 0; l < shape.num_layers; ++l) {
     const at::Tensor dense = DenseAttention64(in.q_rot[l].narrow(1, 0, prompt), in.k_rot[l].narrow(1, 0, prompt),
                                               in.v[l].narrow(1, 0, prompt), 0);
@@ -678,14 +707,14 @@ TEST_P(QuantizedDecodeTest, OutputEqualsDenseAttentionOverDequantizedCache) {
   }
   double worst = 0, quantization_effect = 0;
   for (int64_t p = prompt; p < total; ++p) {
-    outs = Step(**seq, in, p, 1);
+    outs = Step(*manager, **seq, in, p, 1);
     for (int64_t l = 0; l < shape.num_layers; ++l) {
       const at::Tensor expected = ref.DecodeOutput(l, p);
       const double diff = MaxAbsDiff(outs[l], expected);
       worst = std::max(worst, diff);
       ASSERT_LT(diff, 1e-4) << "decode position " << p << " layer " << l;
       // The same step over exact keys and values, to see that quantization matters here.
-      at::Tensor exact_keys = c.method == KvMethod::kSquatPre ? Rope64(in.k_pre[l].narrow(1, 0, p + 1), 0, shape.inv_freq)
+      at::Tensor exact_keys = c.method == KvMethod::kSquatPre ? Rope64(in.k_pre[l].narrow(1, 0, p + 1), 0)
                                                               : in.k_rot[l].narrow(1, 0, p + 1);
       const at::Tensor exact = DenseAttention64(in.q_rot[l].narrow(1, p, 1), exact_keys, in.v[l].narrow(1, 0, p + 1), p);
       quantization_effect = std::max(quantization_effect, MaxAbsDiff(exact, expected));
@@ -750,8 +779,8 @@ TEST_F(KvPoolTest, SharedSubspaceQuantizesWithTheFirstPrompt) {
   auto a = manager->NewSequence(format, prompt);
   auto b = manager->NewSequence(format, prompt);
   ASSERT_TRUE(a.ok() && b.ok());
-  Step(**a, first, 0, prompt);
-  Step(**b, second, 0, prompt);
+  Step(*manager, **a, first, 0, prompt);
+  Step(*manager, **b, second, 0, prompt);
   ReferenceCache with_first(shape, format, second, prompt, &first);
   ReferenceCache with_own(shape, format, second, prompt);
   auto* cache = dynamic_cast<QuantizedSequenceCache*>(b->get());
@@ -790,7 +819,8 @@ TEST_F(KvPoolTest, CudaMatchesCpu) {
     double worst = 0;
     for (int64_t p = 0; p < total; p = p == 0 ? prompt : p + 1) {
       const int64_t count = p == 0 ? prompt : 1;
-      const std::vector<at::Tensor> a = Step(**cpu_seq, in, p, count), b = Step(**gpu_seq, gpu_in, p, count);
+      const std::vector<at::Tensor> a = Step(*cpu_manager, **cpu_seq, in, p, count),
+                                    b = Step(*gpu_manager, **gpu_seq, gpu_in, p, count);
       for (size_t l = 0; l < a.size(); ++l) {
         ASSERT_TRUE(b[l].device().is_cuda());
         worst = std::max(worst, MaxAbsDiff(a[l], b[l].cpu()));
@@ -896,14 +926,14 @@ TEST_F(WindowStateTest, InvariantsAndFlushesFollowTheSpec) {
     for (int64_t n = 0; n <= steps; ++n) {
       const int64_t total = prompt + n;
       if (n == 0) {
-        Step(**seq, in, 0, prompt);
+        Step(*manager, **seq, in, 0, prompt);
       } else {
-        Step(**seq, in, total - 1, 1);
+        Step(*manager, **seq, in, total - 1, 1);
       }
       const bool flush = n > 0 && total % r == 0;
       flushes += flush;
-      for (int64_t l = 0; l < shape.num_layers; ++l) {
-        const WindowState& w = cache->window(l);
+      {
+        const WindowState& w = cache->window();
         ASSERT_EQ(w.residual_keys, total % r) << "n = " << n;
         ASSERT_EQ(w.quantized_keys, total - total % r) << "n = " << n;
         ASSERT_EQ(w.residual_values, std::min(r, total)) << "n = " << n;
@@ -933,18 +963,32 @@ TEST_F(WindowStateTest, RejectsMisuse) {
   auto seq = manager->NewSequence(Quantized(KvMethod::kKivi, 2, 2, 32, 32), 40);
   ASSERT_TRUE(seq.ok());
   const RunInputs in = RandomInputs(shape, 40);
-  Step(**seq, in, 0, 10);
-  EXPECT_THROW(Step(**seq, in, 10, 2), c10::Error);  // decode takes one token
-  SequenceKvCache& cache = **seq;
-  cache.Attend(0, in.q_rot[0].narrow(1, 10, 1), in.k_pre[0].narrow(1, 10, 1), in.k_rot[0].narrow(1, 10, 1),
-               in.v[0].narrow(1, 10, 1));
-  EXPECT_THROW(cache.Attend(0, in.q_rot[0].narrow(1, 10, 1), in.k_pre[0].narrow(1, 10, 1),
-                            in.k_rot[0].narrow(1, 10, 1), in.v[0].narrow(1, 10, 1)),
-               c10::Error);             // twice before Commit
-  EXPECT_THROW(cache.Commit(1), c10::Error);  // layer 1 has not attended
-  EXPECT_THROW(cache.Attend(1, in.q_rot[1].narrow(1, 10, 1).to(at::kDouble), in.k_pre[1].narrow(1, 10, 1),
-                            in.k_rot[1].narrow(1, 10, 1), in.v[1].narrow(1, 10, 1)),
+  Step(*manager, **seq, in, 0, 10);
+  EXPECT_THROW(Step(*manager, **seq, in, 10, 2), c10::Error);  // decode takes one token
+  EXPECT_EQ((*seq)->length(), 10);
+  // Inputs of the wrong dtype or shape are refused by the backend.
+  auto batch = StepBatch::Create(*manager, StepCapacity{4, 2, manager->StepPageIds(2)});
+  ASSERT_TRUE(batch.ok());
+  const std::vector<int32_t> tokens(4, 0);
+  (*batch)->Begin();
+  (*batch)->Add(seq->get(), tokens.data(), 1, true, false);
+  (*batch)->Seal();
+  AttentionBackend& backend = manager->backend();
+  backend.BeginStep(**batch);
+  auto row = [&](const at::Tensor& t) { return t.narrow(1, 10, 1).transpose(0, 1).contiguous(); };
+  const at::Tensor out = at::empty_like(row(in.q_rot[0]));
+  EXPECT_THROW(backend.Attend(0, **batch, row(in.q_rot[0]).to(at::kDouble), row(in.k_pre[0]), row(in.k_rot[0]),
+                              row(in.v[0]), out),
                c10::Error);  // wrong dtype
+  EXPECT_THROW(backend.Attend(0, **batch, row(in.q_rot[0]), row(in.k_pre[0]).narrow(1, 0, 1), row(in.k_rot[0]),
+                              row(in.v[0]), out),
+               c10::Error);  // wrong heads
+  EXPECT_THROW(backend.Attend(2, **batch, row(in.q_rot[0]), row(in.k_pre[0]), row(in.k_rot[0]), row(in.v[0]), out),
+               c10::Error);  // no such layer
+  // Past the capacity of the step's buffers.
+  (*batch)->Begin();
+  EXPECT_THROW((*batch)->Add(seq->get(), tokens.data(), 5, true, false), c10::Error);
+  EXPECT_EQ((*seq)->length(), 10);
 }
 
 
@@ -965,14 +1009,12 @@ TEST_F(KvPoolTest, ReserveGrowsAllOrNothingAndAttendStopsAtTheReservation) {
     auto seq = manager->NewSequence(format, prompt);
     ASSERT_TRUE(seq.ok()) << seq.status();
     SequenceKvCache& cache = **seq;
-    Step(cache, in, 0, prompt);
+    Step(*manager, cache, in, 0, prompt);
     const int64_t pages = cache.pages();
     EXPECT_EQ(manager->stats().used_pages, pages);
 
     // One token past the reservation: refused before anything is stored.
-    EXPECT_THROW(cache.Attend(0, in.q_rot[0].narrow(1, prompt, 1), in.k_pre[0].narrow(1, prompt, 1),
-                              in.k_rot[0].narrow(1, prompt, 1), in.v[0].narrow(1, prompt, 1)),
-                 c10::Error);
+    EXPECT_THROW(Step(*manager, cache, in, prompt, 1), c10::Error);
     EXPECT_EQ(cache.length(), prompt);
     EXPECT_EQ(cache.pages(), pages);
 
@@ -1002,14 +1044,14 @@ TEST_F(KvPoolTest, ReserveGrowsAllOrNothingAndAttendStopsAtTheReservation) {
     // Decoding across the growth is still exact attention for fp16 (the quantized formats'
     // decode is T9's); every format accepts exactly the reserved tokens.
     for (int64_t p = prompt; p < total; ++p) {
-      const std::vector<at::Tensor> outs = Step(cache, in, p, 1);
+      const std::vector<at::Tensor> outs = Step(*manager, cache, in, p, 1);
       if (!IsQuantized(format.method)) {
         const at::Tensor ref = DenseAttention64(in.q_rot[1].narrow(1, p, 1), in.k_rot[1].narrow(1, 0, p + 1),
                                                 in.v[1].narrow(1, 0, p + 1), p);
         ASSERT_LT(MaxAbsDiff(outs[1], ref), 1e-5) << "position " << p;
       }
     }
-    EXPECT_THROW(Step(cache, in, total - 1, 1), c10::Error);
+    EXPECT_THROW(Step(*manager, cache, in, total - 1, 1), c10::Error);
     EXPECT_EQ(cache.length(), total);
     seq->reset();
     EXPECT_EQ(manager->stats().used_pages, 0);
@@ -1097,7 +1139,7 @@ std::vector<at::Tensor> QuantizedContents(const QuantizedSequenceCache& cache, c
   std::vector<at::Tensor> parts;
   const int64_t ring = cache.format().residual_length + 1;
   for (int64_t l = 0; l < shape.num_layers; ++l) {
-    const WindowState& w = cache.window(l);
+    const WindowState& w = cache.window();
     const PackedKeys keys = cache.quantized_store().ReadKeys(l, w.quantized_keys);
     const PackedValues values = cache.quantized_store().ReadValues(l, w.quantized_values);
     for (const at::Tensor& t : {keys.words, keys.scale, keys.min, values.words, values.scale, values.min}) {
@@ -1140,7 +1182,7 @@ TEST_P(ChunkedPrefillTest, MatchesOneShotPrefillBitForBit) {
 
   auto one_shot = manager->NewSequence(format, total);
   ASSERT_TRUE(one_shot.ok()) << one_shot.status();
-  Step(**one_shot, in, 0, prompt);
+  Step(*manager, **one_shot, in, 0, prompt);
 
   const std::vector<int64_t> chunks = RandomChunks(rng_, prompt);
   auto chunked = manager->NewSequence(format, chunks[0]);
@@ -1151,7 +1193,7 @@ TEST_P(ChunkedPrefillTest, MatchesOneShotPrefillBitForBit) {
     const int64_t n = chunks[i];
     const bool last = i + 1 == chunks.size();
     ASSERT_TRUE((*chunked)->Reserve(done + n).ok());
-    const std::vector<at::Tensor> outs = Step(**chunked, in, done, n, /*prompt_complete=*/last);
+    const std::vector<at::Tensor> outs = Step(*manager, **chunked, in, done, n, /*prompt_complete=*/last);
     for (int64_t l = 0; l < shape.num_layers; ++l) {
       // Full precision over the whole prompt so far.
       const at::Tensor ref = DenseAttention64(cpu_in.q_rot[l].narrow(1, done, n),
@@ -1180,7 +1222,7 @@ TEST_P(ChunkedPrefillTest, MatchesOneShotPrefillBitForBit) {
   }
   ASSERT_TRUE((*chunked)->Reserve(total).ok());
   for (int64_t p = prompt; p < total; ++p) {
-    const std::vector<at::Tensor> a = Step(**one_shot, in, p, 1), b = Step(**chunked, in, p, 1);
+    const std::vector<at::Tensor> a = Step(*manager, **one_shot, in, p, 1), b = Step(*manager, **chunked, in, p, 1);
     for (int64_t l = 0; l < shape.num_layers; ++l) {
       ASSERT_TRUE(at::equal(a[l], b[l])) << "decode position " << p << " layer " << l;
     }
@@ -1213,17 +1255,17 @@ TEST_F(WindowStateTest, PromptChunksAndDecodeAreChecked) {
     auto seq = manager->NewSequence(format, 60);
     ASSERT_TRUE(seq.ok());
     const RunInputs in = RandomInputs(shape, 60);
-    Step(**seq, in, 0, 7, false);
-    Step(**seq, in, 7, 1, false);  // a one-token chunk is still the prompt
-    Step(**seq, in, 8, 30, true);
+    Step(*manager, **seq, in, 0, 7, false);
+    Step(*manager, **seq, in, 7, 1, false);  // a one-token chunk is still the prompt
+    Step(*manager, **seq, in, 8, 30, true);
     EXPECT_EQ((*seq)->length(), 38);
     if (IsQuantized(format.method)) {
-      EXPECT_THROW(Step(**seq, in, 38, 3), c10::Error);  // decode takes one token
+      EXPECT_THROW(Step(*manager, **seq, in, 38, 3), c10::Error);  // decode takes one token
     } else {
-      Step(**seq, in, 38, 3);  // fp16 appends several tokens at any time
+      Step(*manager, **seq, in, 38, 3);  // fp16 appends several tokens at any time
     }
     const int64_t length = (*seq)->length();
-    EXPECT_THROW(Step(**seq, in, length, 1, /*prompt_complete=*/false), c10::Error);  // the prompt ended
+    EXPECT_THROW(Step(*manager, **seq, in, length, 1, /*prompt_complete=*/false), c10::Error);  // the prompt ended
   }
 }
 
@@ -1232,11 +1274,12 @@ TEST_F(WindowStateTest, PromptChunksAndDecodeAreChecked) {
 class RecomputeTest : public SeededTest, public ::testing::WithParamInterface<ChunkParam> {};
 
 // Prefills [0, tokens) in random chunks, growing the reservation before each one.
-void ChunkedPrefill(SequenceKvCache& cache, const RunInputs& in, int64_t tokens, std::mt19937& rng) {
+void ChunkedPrefill(KvCacheManager& manager, SequenceKvCache& cache, const RunInputs& in, int64_t tokens,
+                    std::mt19937& rng) {
   int64_t done = 0;
   for (int64_t n : RandomChunks(rng, tokens)) {
     ASSERT_TRUE(cache.Reserve(done + n).ok());
-    Step(cache, in, done, n, done + n == tokens);
+    Step(manager, cache, in, done, n, done + n == tokens);
     done += n;
   }
 }
@@ -1257,29 +1300,31 @@ TEST_P(RecomputeTest, ReusedSubspaceReproducesTheUninterruptedRun) {
   auto run = manager->NewSequence(format, total);
   auto preempted = manager->NewSequence(format, prompt);
   ASSERT_TRUE(run.ok() && preempted.ok());
-  Step(**run, in, 0, prompt);
-  ChunkedPrefill(**preempted, in, prompt, rng_);
+  Step(*manager, **run, in, 0, prompt);
+  ChunkedPrefill(*manager, **preempted, in, prompt, rng_);
   ASSERT_TRUE((*preempted)->Reserve(prompt + before).ok());
   for (int64_t p = prompt; p < prompt + before; ++p) {
-    Step(**run, in, p, 1);
-    Step(**preempted, in, p, 1);
+    Step(*manager, **run, in, p, 1);
+    Step(*manager, **preempted, in, p, 1);
   }
-  std::shared_ptr<const SquatSubspace> kept = (*preempted)->subspace();
-  EXPECT_EQ(kept != nullptr, HasSquatState(format.method));
-  preempted->reset();
+  const std::shared_ptr<const SquatSubspace> subspace = (*preempted)->subspace();
+  EXPECT_EQ(subspace != nullptr, HasSquatState(format.method));
+  const ResumeState kept = manager->Preempt(std::move(*preempted));
   // The kept subspace holds its pages, and only those, for the recomputation.
-  const int64_t kept_pages = kept ? kept->pages() : 0;
-  EXPECT_EQ(manager->stats().used_pages, (*run)->pages() + kept_pages);
+  EXPECT_EQ(kept.pages(), subspace ? subspace->pages() : 0);
+  EXPECT_EQ(manager->stats().used_pages, (*run)->pages() + kept.pages());
+  // Which tokens a recomputation prefills: all for fp16, the original prompt otherwise.
+  EXPECT_EQ(kept.RecomputePrefill(prompt, prompt + before), IsQuantized(format.method) ? prompt : prompt + before);
 
-  auto recomputed = manager->NewSequence(format, 1 + rng_() % 20, kept);
+  auto recomputed = manager->NewSequence(format, 1 + rng_() % 20, &kept);
   ASSERT_TRUE(recomputed.ok()) << recomputed.status();
   // Prompt and generated tokens come back as one longer prompt.
-  ChunkedPrefill(**recomputed, in, prompt + before, rng_);
-  EXPECT_EQ((*recomputed)->subspace(), kept);
+  ChunkedPrefill(*manager, **recomputed, in, prompt + before, rng_);
+  EXPECT_EQ((*recomputed)->subspace(), subspace);
   EXPECT_EQ(manager->stats().used_pages, (*run)->pages() + (*recomputed)->pages());
   ASSERT_TRUE((*recomputed)->Reserve(total).ok());
   for (int64_t p = prompt + before; p < total; ++p) {
-    const std::vector<at::Tensor> a = Step(**run, in, p, 1), b = Step(**recomputed, in, p, 1);
+    const std::vector<at::Tensor> a = Step(*manager, **run, in, p, 1), b = Step(*manager, **recomputed, in, p, 1);
     for (int64_t l = 0; l < shape.num_layers; ++l) {
       ASSERT_LT(MaxAbsDiff(a[l], b[l]), 1e-4) << "decode position " << p << " layer " << l;
     }
@@ -1294,8 +1339,8 @@ TEST_P(RecomputeTest, ReusedSubspaceReproducesTheUninterruptedRun) {
   // Without the kept subspace, the longer prompt builds a different one: the codes show it.
   auto fresh = manager->NewSequence(format, total);
   ASSERT_TRUE(fresh.ok()) << fresh.status();
-  Step(**fresh, in, 0, prompt + before);
-  for (int64_t p = prompt + before; p < total; ++p) Step(**fresh, in, p, 1);
+  Step(*manager, **fresh, in, 0, prompt + before);
+  for (int64_t p = prompt + before; p < total; ++p) Step(*manager, **fresh, in, p, 1);
   EXPECT_FALSE(AllEqual(QuantizedContents(*dynamic_cast<QuantizedSequenceCache*>(fresh->get()), shape),
                         QuantizedContents(*original, shape)));
 }
@@ -1319,16 +1364,17 @@ TEST_F(KvPoolTest, ReusedSubspaceMustMatch) {
   auto seq = manager->NewSequence(format, 40);
   ASSERT_TRUE(seq.ok());
   const RunInputs in = RandomInputs(shape, 40);
-  Step(**seq, in, 0, 20, false);
+  Step(*manager, **seq, in, 0, 20, false);
   EXPECT_EQ((*seq)->subspace(), nullptr);
-  Step(**seq, in, 20, 5);
-  const std::shared_ptr<const SquatSubspace> subspace = (*seq)->subspace();
-  ASSERT_NE(subspace, nullptr);
+  Step(*manager, **seq, in, 20, 5);
+  ASSERT_NE((*seq)->subspace(), nullptr);
+  const ResumeState subspace = manager->Preempt(std::move(*seq));
+  ASSERT_GT(subspace.pages(), 0);
 
   // squat-post quantizes with the same (g, r, lambda): it may reuse a squat subspace.
   KvFormat post = format;
   post.method = KvMethod::kSquatPost;
-  EXPECT_TRUE(manager->NewSequence(post, 10, subspace).ok());
+  EXPECT_TRUE(manager->NewSequence(post, 10, &subspace).ok());
   KvFormat other_lambda = format;
   other_lambda.lambda *= 2;
   KvFormat other_rank = format;
@@ -1337,18 +1383,18 @@ TEST_F(KvPoolTest, ReusedSubspaceMustMatch) {
   other_block.block_size = 16;
   for (const KvFormat& bad : {other_lambda, other_rank, other_block, Quantized(KvMethod::kKivi, 2, 2, 32, 32), Fp16()}) {
     const PoolStats before = manager->stats();
-    auto refused = manager->NewSequence(bad, 10, subspace);
+    auto refused = manager->NewSequence(bad, 10, &subspace);
     ASSERT_FALSE(refused.ok());
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
     EXPECT_EQ(manager->stats().used_pages, before.used_pages);
   }
-  auto elsewhere = other_manager->NewSequence(format, 10, subspace);
+  auto elsewhere = other_manager->NewSequence(format, 10, &subspace);
   ASSERT_FALSE(elsewhere.ok());
   EXPECT_EQ(elsewhere.status().code(), absl::StatusCode::kInvalidArgument) << elsewhere.status();
   // kivi has none.
   auto kivi = manager->NewSequence(Quantized(KvMethod::kKivi, 2, 2, 32, 32), 10);
   ASSERT_TRUE(kivi.ok());
-  Step(**kivi, in, 0, 10);
+  Step(*manager, **kivi, in, 0, 10);
   EXPECT_EQ((*kivi)->subspace(), nullptr);
 }
 
@@ -1373,24 +1419,24 @@ TEST_F(KvPoolTest, LifecyclesKeepAccountingExact) {
     int64_t prompt;
   };
   std::vector<Live> live;
-  std::vector<std::shared_ptr<const SquatSubspace>> kept;
+  std::vector<ResumeState> kept;
   int64_t shared_pages = 0;
   int created = 0, exhausted = 0, grown = 0, refused_growth = 0, completed = 0;
 
   auto expected_used = [&] {
     int64_t held = shared_pages;
     for (const Live& s : live) held += s.cache->pages();
-    for (const auto& k : kept) held += k->pages();
+    for (const ResumeState& k : kept) held += k.pages();
     return held;
   };
   for (int i = 0; i < 300; ++i) {
     const int op = static_cast<int>(rng_() % 10);
     if (op < 3 || live.empty()) {  // start a sequence, sometimes from a kept subspace
       KvFormat format = formats[rng_() % formats.size()];
-      std::shared_ptr<const SquatSubspace> reuse;
+      const ResumeState* reuse = nullptr;
       if (!kept.empty() && rng_() % 2 == 0) {
         format = Quantized(rng_() % 2 ? KvMethod::kSquatPre : KvMethod::kSquatPost, 2, 2, 32, 32);
-        reuse = kept.back();
+        reuse = &kept.back();
       }
       const int64_t prompt = 1 + rng_() % 120;
       const PoolStats before = manager->stats();
@@ -1428,7 +1474,7 @@ TEST_F(KvPoolTest, LifecyclesKeepAccountingExact) {
         ASSERT_EQ(manager->stats().used_pages - used_before, s.cache->pages() - pages_before);
       }
       const bool completes = in_prompt && length + n == s.prompt;
-      Step(*s.cache, s.in, length, n, !in_prompt || completes);
+      Step(*manager, *s.cache, s.in, length, n, !in_prompt || completes);
       completed += completes;
       if (completes) {
         if (auto* q = dynamic_cast<QuantizedSequenceCache*>(s.cache.get())) {
@@ -1437,10 +1483,10 @@ TEST_F(KvPoolTest, LifecyclesKeepAccountingExact) {
       }
     } else {  // end a sequence; a squat one may be preempted (its subspace kept for later)
       const size_t victim = rng_() % live.size();
-      std::shared_ptr<const SquatSubspace> subspace = live[victim].cache->subspace();
-      const bool keep = subspace && !live[victim].cache->format().shared_subspace;
+      const bool keep = live[victim].cache->subspace() && !live[victim].cache->format().shared_subspace;
+      ResumeState resume = manager->Preempt(std::move(live[victim].cache));
       live.erase(live.begin() + victim);
-      if (keep) kept.push_back(std::move(subspace));
+      if (keep) kept.push_back(std::move(resume));
     }
     ASSERT_EQ(manager->stats().used_pages, expected_used()) << "operation " << i;
     ASSERT_LE(manager->stats().used_pages, manager->stats().total_pages);
@@ -1458,16 +1504,15 @@ TEST_F(KvPoolTest, LifecyclesKeepAccountingExact) {
   auto first = manager->NewSequence(own, 40);
   ASSERT_TRUE(first.ok());
   const RunInputs in = RandomInputs(shape, 40);
-  Step(**first, in, 0, 40);
-  std::shared_ptr<const SquatSubspace> subspace = (*first)->subspace();
-  ASSERT_NE(subspace, nullptr);
-  first->reset();
-  EXPECT_EQ(manager->stats().used_pages, shared_pages + subspace->pages());
-  auto again = manager->NewSequence(own, 10, subspace);
+  Step(*manager, **first, in, 0, 40);
+  ResumeState resume = manager->Preempt(std::move(*first));
+  ASSERT_GT(resume.pages(), 0);
+  EXPECT_EQ(manager->stats().used_pages, shared_pages + resume.pages());
+  auto again = manager->NewSequence(own, 10, &resume);
   ASSERT_TRUE(again.ok());
-  Step(**again, in, 0, 10, false);
+  Step(*manager, **again, in, 0, 10, false);
   EXPECT_EQ(manager->stats().used_pages, shared_pages + (*again)->pages());  // counted there now
-  subspace.reset();
+  resume.Release();
   EXPECT_EQ(manager->stats().used_pages, shared_pages + (*again)->pages());
   again->reset();
   EXPECT_EQ(manager->stats().used_pages, shared_pages);

@@ -65,8 +65,8 @@ at::Tensor ForcedLogits(LlamaModel& model, const kv::KvFormat& format, const std
   auto cache = kv::StandaloneCache::Create(model.kv_shape(), format,
                                            static_cast<int64_t>(prompt.size() + forced.size()));
   EXPECT_TRUE(cache.ok()) << cache.status();
-  std::vector<at::Tensor> rows = {model.Forward(AsTensor(prompt), **cache)};
-  for (size_t i = 0; i + 1 < forced.size(); ++i) rows.push_back(model.Forward(AsTensor({forced[i]}), **cache));
+  std::vector<at::Tensor> rows = {Forward(model, prompt, *cache)};
+  for (size_t i = 0; i + 1 < forced.size(); ++i) rows.push_back(Forward(model, {forced[i]}, *cache));
   return at::cat(rows, 0);
 }
 
@@ -92,11 +92,11 @@ class KvGenerationTest : public ::testing::Test {
   static void MakeCase(uint32_t seed, std::vector<int64_t>* prompt, std::vector<int64_t>* generated) {
     *prompt = RandomTokens(model().config().vocab_size, kPromptTokens, seed);
     auto cache = NewCache(model(), kPromptTokens + kGeneratedTokens);
-    at::Tensor logits = model().Forward(AsTensor(*prompt), *cache);
+    at::Tensor logits = Forward(model(), *prompt, cache);
     generated->clear();
     for (int64_t i = 0; i < kGeneratedTokens; ++i) {
       generated->push_back(logits.argmax(-1).item<int64_t>());
-      if (i + 1 < kGeneratedTokens) logits = model().Forward(AsTensor({generated->back()}), *cache);
+      if (i + 1 < kGeneratedTokens) logits = Forward(model(), {generated->back()}, cache);
     }
   }
 

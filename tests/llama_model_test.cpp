@@ -236,7 +236,7 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   const at::Tensor expected = reference.Logits(tokens);
 
   auto cache = NewCache(model, prompt_len + 4);
-  const at::Tensor full = model.Forward(AsTensor(tokens), *cache, /*last_only=*/false);
+  const at::Tensor full = Forward(model, tokens, cache, /*last_only=*/false);
   ASSERT_EQ(full.scalar_type(), at::kFloat);
   ASSERT_EQ(full.sizes(), (std::vector<int64_t>{prompt_len, c.vocab}));
   EXPECT_EQ(cache->length(), prompt_len);
@@ -248,7 +248,7 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   auto step_cache = NewCache(model, prompt_len);
   std::vector<at::Tensor> rows;
   for (int64_t t = 0; t < prompt_len; ++t) {
-    rows.push_back(model.Forward(AsTensor({tokens[t]}), *step_cache, /*last_only=*/true));
+    rows.push_back(Forward(model, {tokens[t]}, step_cache, /*last_only=*/true));
     ASSERT_EQ(rows.back().sizes(), (std::vector<int64_t>{1, c.vocab}));
     EXPECT_EQ(step_cache->length(), t + 1);
   }
@@ -261,13 +261,13 @@ void CheckModel(const std::string& dir, int64_t prompt_len, const ModelLoadOptio
   const std::vector<int64_t> first(tokens.begin(), tokens.begin() + split);
   const std::vector<int64_t> second(tokens.begin() + split, tokens.end());
   auto chunk_cache = NewCache(model, prompt_len);
-  const at::Tensor a = model.Forward(AsTensor(first), *chunk_cache, false);
-  const at::Tensor b = model.Forward(AsTensor(second), *chunk_cache, false);
+  const at::Tensor a = Forward(model, first, chunk_cache, false);
+  const at::Tensor b = Forward(model, second, chunk_cache, false);
   EXPECT_LT(MaxLogSoftmaxDiff(at::cat({a, b}, 0), full), cache_tolerance);
 
   // last_only returns the final row.
   auto last_cache = NewCache(model, prompt_len);
-  const at::Tensor last = model.Forward(AsTensor(tokens), *last_cache, /*last_only=*/true);
+  const at::Tensor last = Forward(model, tokens, last_cache, /*last_only=*/true);
   ASSERT_EQ(last.sizes(), (std::vector<int64_t>{1, c.vocab}));
   EXPECT_LT(MaxLogSoftmaxDiff(last, full.narrow(0, prompt_len - 1, 1)), cache_tolerance);
 }
@@ -317,7 +317,7 @@ TEST_F(LlamaModelTest, Llama3RopeScalingMatchesReference) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   const std::vector<int64_t> tokens = RandomTokens(c.vocab, 40, std::random_device{}());
   auto cache = NewCache(*loaded->model, 40);
-  const at::Tensor logits = loaded->model->Forward(AsTensor(tokens), *cache, false);
+  const at::Tensor logits = Forward(*loaded->model, tokens, cache, false);
   const double unscaled = MaxLogSoftmaxDiff(logits, ReferenceLlama(dir, false).Logits(tokens));
   EXPECT_GT(unscaled, 1e-2);
 }
@@ -378,10 +378,10 @@ TEST_F(LlamaModelTest, GreedyWithFp16CacheEqualsGreedyWithoutCache) {
   const int64_t steps = 24;
   auto cache = NewCache(*loaded->model, static_cast<int64_t>(tokens.size()) + steps);
   std::vector<int64_t> cached_run = tokens, reference_run = tokens;
-  at::Tensor logits = loaded->model->Forward(AsTensor(tokens), *cache);
+  at::Tensor logits = Forward(*loaded->model, tokens, cache);
   for (int64_t step = 0; step < steps; ++step) {
     cached_run.push_back(logits.argmax(-1).item<int64_t>());
-    if (step + 1 < steps) logits = loaded->model->Forward(AsTensor({cached_run.back()}), *cache);
+    if (step + 1 < steps) logits = Forward(*loaded->model, {cached_run.back()}, cache);
     const at::Tensor full = reference.Logits(reference_run);
     reference_run.push_back(full[full.size(0) - 1].argmax().item<int64_t>());
   }
@@ -402,8 +402,8 @@ TEST_F(LlamaModelTest, WeightBytesAndCacheShape) {
                    2.0 * c.layers * c.kv_heads * c.head_dim * 4);
   EXPECT_GT(cache->pages(), 0);
   // Overflowing the cache or an out-of-range id throws instead of corrupting state.
-  EXPECT_THROW(loaded->model->Forward(AsTensor(RandomTokens(c.vocab, 6, 1)), *cache), c10::Error);
-  EXPECT_THROW(loaded->model->Forward(AsTensor({c.vocab}), *cache), c10::Error);
+  EXPECT_THROW(Forward(*loaded->model, RandomTokens(c.vocab, 6, 1), cache), c10::Error);
+  EXPECT_THROW(Forward(*loaded->model, {c.vocab}, cache), c10::Error);
   EXPECT_EQ(cache->length(), 0);
 }
 

@@ -21,6 +21,7 @@
 #include "runtime/llama_model.h"
 #include "runtime/model_config.h"
 #include "runtime/safetensors.h"
+#include "runtime/step_runner.h"
 
 namespace squat {
 
@@ -94,6 +95,12 @@ inline kv::StandaloneCache NewCache(const LlamaModel& model, int64_t max_tokens)
   return *std::move(cache);
 }
 
-inline at::Tensor AsTensor(const std::vector<int64_t>& tokens) { return at::tensor(tokens, at::kLong); }
+// Runs tokens through the model as one step of the cache's sequence (positions
+// cache->length() ...): float32 logits of the last row [1, vocab], or of every row.
+inline at::Tensor Forward(LlamaModel& model, const std::vector<int64_t>& tokens, kv::StandaloneCache& cache,
+                          bool last_only = true) {
+  return ForwardSequence(model, cache.manager(), *cache, std::vector<int32_t>(tokens.begin(), tokens.end()),
+                         last_only);
+}
 
 }  // namespace squat

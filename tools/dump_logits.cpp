@@ -28,6 +28,7 @@
 #include "runtime/llama_model.h"
 #include "runtime/model_config.h"
 #include "runtime/safetensors.h"
+#include "runtime/step_runner.h"
 
 namespace {
 
@@ -107,13 +108,22 @@ void BenchDecode(squat::LlamaModel& model, const std::vector<int64_t>& prompt, i
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   auto run = [&](bool report) {
     auto cache = NewCache(model, prompt_len + steps);
+    auto runner = squat::StepRunner::Create(model, cache.manager(), prompt_len, 1);
+    TORCH_CHECK(runner.ok(), runner.status().ToString());
+    const std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+    auto step = [&](const std::vector<int32_t>& rows) {
+      squat::StepEntry entry;
+      entry.cache = &*cache;
+      entry.tokens = rows.data();
+      entry.num_tokens = static_cast<int64_t>(rows.size());
+      return (*runner)->Run({entry}).to(at::kCPU);
+    };
     auto start = std::chrono::steady_clock::now();
-    at::Tensor logits = model.Forward(at::tensor(prompt, at::kLong), *cache).to(at::kCPU);
+    at::Tensor logits = step(tokens);
     const double prefill_ms = MillisecondsSince(start);
     start = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < steps; ++i) {
-      at::Tensor next = logits.argmax(-1);
-      logits = model.Forward(next, *cache).to(at::kCPU);
+      logits = step({static_cast<int32_t>(logits.argmax(-1).item<int64_t>())});
     }
     if (report) {
       std::cerr << "bench: prompt " << prompt_len << " tokens, prefill " << prefill_ms << " ms; "
@@ -162,16 +172,16 @@ int main(int argc, char** argv) {
   try {
     c10::InferenceMode inference;
     const int64_t count = static_cast<int64_t>(ids.size());
-    at::Tensor tokens = at::tensor(ids, at::kLong);
+    const std::vector<int32_t> tokens(ids.begin(), ids.end());
     auto cache = NewCache(**model, count);
     if (args.incremental) {
       std::vector<at::Tensor> rows;
       for (int64_t t = 0; t < count; ++t) {
-        rows.push_back((*model)->Forward(tokens.narrow(0, t, 1), *cache, /*last_only=*/true));
+        rows.push_back(squat::ForwardSequence(**model, cache.manager(), *cache, {tokens[t]}, /*last_only=*/true));
       }
       logits = at::cat(rows, 0);
     } else {
-      logits = (*model)->Forward(tokens, *cache, /*last_only=*/false);
+      logits = squat::ForwardSequence(**model, cache.manager(), *cache, tokens, /*last_only=*/false);
     }
     logits = logits.to(at::kCPU, at::kFloat).contiguous();
   } catch (const c10::Error& e) {
