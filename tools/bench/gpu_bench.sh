@@ -3,8 +3,8 @@
 # repository root:
 #   bash tools/bench/gpu_bench.sh OUTDIR [stage ...]     # on the GPU machine (sources .device/env.sh)
 #   bash tools/bench/gpu_bench.sh --cpu OUTDIR [stage ...]  # dry run here: tiny shapes, CPU, -j2
-# Stages, in order (default: all): build checkpoints hf tp7b dec8b e2e. The summary is always
-# written. Stages have their own time budgets under one global deadline (SQUAT_BENCH_DEADLINE_S,
+# Stages, in order (default: all): build checkpoints hf tp7b dec8b e2e (SQUAT_BENCH_TP_FORMATS
+# narrows tp7b's format list, e.g. "squat-2 fp16"). The summary is always written. Stages have their own time budgets under one global deadline (SQUAT_BENCH_DEADLINE_S,
 # 560 s on the GPU): a stage that no longer fits is skipped and recorded, a failed stage is
 # recorded and the rest still run. OUTDIR ends with few files: summary.md, summary.json,
 # bench.log, build.log, raw.tar.gz (every tool's JSON, the server log and the exact commands).
@@ -92,7 +92,7 @@ if [ "$mode" = gpu ]; then
   # Ours at the paper's setting: the format list is in priority order (the headline first).
   # A small first batch calibrates the time prediction; "max" is what the pool holds (or, with
   # --fill-budget, the largest batch predicted to fit the format's budget).
-  tp_formats="squat-2 fp16 kivi-2"
+  tp_formats=${SQUAT_BENCH_TP_FORMATS:-"squat-2 fp16 kivi-2"}
   declare -A tp_batches=([squat-2]=32,256,max [fp16]=32,128,max [kivi-2]=64,max)
   declare -A tp_max_seqs=([squat-2]=1024 [fp16]=256 [kivi-2]=1024)
   declare -A tp_budget=([squat-2]=45 [fp16]=40 [kivi-2]=30)
