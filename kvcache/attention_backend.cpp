@@ -524,18 +524,8 @@ void Check(int error, const char* what) {
 
 class CudaBackend final : public PagedBackend {
  public:
-  CudaBackend(const KvModelShape& shape, std::shared_ptr<const PagePool> pool) : PagedBackend(shape, std::move(pool)) {
-    base_layout_.pool = const_cast<void*>(pool_->data());
-    base_layout_.page_bytes = pool_->page_bytes();
-    base_layout_.num_layers = static_cast<int32_t>(shape_.num_layers);
-    base_layout_.kv_heads = static_cast<int32_t>(shape_.num_kv_heads);
-    base_layout_.q_heads = static_cast<int32_t>(shape_.num_attention_heads);
-    base_layout_.head_dim = static_cast<int32_t>(shape_.head_dim);
-    base_layout_.dtype = shape_.compute_dtype == at::kFloat  ? kn::DType::kFloat32
-                         : shape_.compute_dtype == at::kHalf ? kn::DType::kFloat16
-                                                             : kn::DType::kBFloat16;
-    base_layout_.slots_per_page = static_cast<int32_t>(spp_);
-  }
+  CudaBackend(const KvModelShape& shape, std::shared_ptr<const PagePool> pool)
+      : PagedBackend(shape, std::move(pool)), base_layout_(PoolLayoutFor(shape_, *pool_, KvFormat{KvMethod::kFp16})) {}
   const char* name() const override { return "cuda"; }
 
   static bool Supports(const KvModelShape& shape, const PagePool& pool) {
@@ -543,15 +533,7 @@ class CudaBackend final : public PagedBackend {
     if (shape.compute_dtype != at::kFloat && shape.compute_dtype != at::kHalf && shape.compute_dtype != at::kBFloat16) {
       return false;
     }
-    kn::PoolLayout layout;
-    layout.pool = const_cast<void*>(pool.data());
-    layout.page_bytes = pool.page_bytes();
-    layout.num_layers = static_cast<int32_t>(shape.num_layers);
-    layout.kv_heads = static_cast<int32_t>(shape.num_kv_heads);
-    layout.q_heads = static_cast<int32_t>(shape.num_attention_heads);
-    layout.head_dim = static_cast<int32_t>(shape.head_dim);
-    layout.slots_per_page = static_cast<int32_t>(TokensPerPage(shape, KvFormat{KvMethod::kFp16}, pool.page_bytes()));
-    return kn::LayoutSupported(layout, /*quantized=*/false);
+    return kn::LayoutSupported(PoolLayoutFor(shape, pool, KvFormat{KvMethod::kFp16}), /*quantized=*/false);
   }
 
   void BeginStep(const StepBatch& batch) override {

@@ -1,10 +1,12 @@
 #include "kvcache/page_geometry.h"
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 
 #include "kernels/page_layout.h"
+#include "kvcache/page_pool.h"
 
 namespace squat::kv {
 namespace {
@@ -102,6 +104,31 @@ int64_t PeakPagesForSequence(const KvModelShape& shape, const KvFormat& format, 
   return PagesForSequence(shape, format, page_bytes, tokens).total() +
          PromptStagingPages(shape, format, page_bytes, tokens) +
          (collects_queries ? QueryGramPages(shape, page_bytes) + PendingQueryPages(shape, page_bytes) : 0);
+}
+
+kernels::PoolLayout PoolLayoutFor(const KvModelShape& shape, const PagePool& pool, const KvFormat& format) {
+  kernels::PoolLayout L;
+  L.pool = const_cast<void*>(pool.data());
+  L.page_bytes = pool.page_bytes();
+  L.num_layers = static_cast<int32_t>(shape.num_layers);
+  L.kv_heads = static_cast<int32_t>(shape.num_kv_heads);
+  L.q_heads = static_cast<int32_t>(shape.num_attention_heads);
+  L.head_dim = static_cast<int32_t>(shape.head_dim);
+  switch (shape.compute_dtype) {
+    case at::kFloat: L.dtype = kernels::DType::kFloat32; break;
+    case at::kHalf: L.dtype = kernels::DType::kFloat16; break;
+    case at::kBFloat16: L.dtype = kernels::DType::kBFloat16; break;
+    default: TORCH_CHECK(false, "KV cache: unsupported compute dtype ", shape.compute_dtype);
+  }
+  L.slots_per_page = static_cast<int32_t>(TokensPerPage(shape, KvFormat{KvMethod::kFp16}, pool.page_bytes()));
+  if (IsQuantized(format.method)) {
+    L.k_bits = format.k_bits;
+    L.v_bits = format.v_bits;
+    L.group_size = static_cast<int32_t>(format.group_size);
+    L.residual_length = static_cast<int32_t>(format.residual_length);
+    L.tokens_per_page = static_cast<int32_t>(TokensPerPage(shape, format, pool.page_bytes()));
+  }
+  return L;
 }
 
 int64_t CapacityForPages(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes,

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/page_layout.h"
 #include "kvcache/kv_cache.h"
 
 namespace squat::kv {
@@ -70,6 +71,10 @@ int64_t PendingQueryPages(const KvModelShape& shape, int64_t page_bytes);
 // subspace), the query Gram and the pending query rows.
 int64_t PeakPagesForSequence(const KvModelShape& shape, const KvFormat& format, int64_t page_bytes, int64_t tokens,
                              bool collects_queries);
+
+// The kernels' description of `format`'s pages in `pool` (kernels/page_layout.h); the
+// quantized fields only for quantized formats. Throws for a compute dtype the layout has not.
+kernels::PoolLayout PoolLayoutFor(const KvModelShape& shape, const PagePool& pool, const KvFormat& format);
 
 // Largest max_tokens for which PagesForSequence(...).total() <= total_pages (0 if none): the
 // longest sequence after its prompt (prompt staging excluded).

@@ -19,15 +19,6 @@ static_assert(sizeof(kernels::DecodeSequence) == kRecordWords * 4 && sizeof(kern
                   sizeof(kernels::ValueTask) == kRecordWords * 4,
               "step records are 7 int32 words");
 
-kernels::DType KernelDType(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return kernels::DType::kFloat32;
-    case at::kHalf: return kernels::DType::kFloat16;
-    case at::kBFloat16: return kernels::DType::kBFloat16;
-    default: TORCH_CHECK(false, "KV cache: unsupported compute dtype ", dtype);
-  }
-}
-
 bool SameLayout(const KvFormat& a, const KvFormat& b) {
   if (a.method != b.method) return false;
   if (!IsQuantized(a.method)) return true;
@@ -120,28 +111,11 @@ int32_t StepBatch::GroupOf(const KvFormat& format) {
   for (size_t g = 0; g < groups_.size(); ++g) {
     if (SameLayout(groups_[g].format, format)) return static_cast<int32_t>(g);
   }
-  const KvModelShape& s = shape();
-  const PagePool& p = pool();
   StepGroup group;
   group.format = format;
   group.quantized = IsQuantized(format.method);
   group.pre_rope = format.method == KvMethod::kSquatPre;
-  kernels::PoolLayout& L = group.layout;
-  L.pool = const_cast<void*>(p.data());
-  L.page_bytes = p.page_bytes();
-  L.num_layers = static_cast<int32_t>(s.num_layers);
-  L.kv_heads = static_cast<int32_t>(s.num_kv_heads);
-  L.q_heads = static_cast<int32_t>(s.num_attention_heads);
-  L.head_dim = static_cast<int32_t>(s.head_dim);
-  L.dtype = KernelDType(s.compute_dtype);
-  L.slots_per_page = static_cast<int32_t>(TokensPerPage(s, KvFormat{KvMethod::kFp16}, p.page_bytes()));
-  if (group.quantized) {
-    L.k_bits = format.k_bits;
-    L.v_bits = format.v_bits;
-    L.group_size = static_cast<int32_t>(format.group_size);
-    L.residual_length = static_cast<int32_t>(format.residual_length);
-    L.tokens_per_page = static_cast<int32_t>(TokensPerPage(s, format, p.page_bytes()));
-  }
+  group.layout = PoolLayoutFor(shape(), pool(), format);
   groups_.push_back(std::move(group));
   return static_cast<int32_t>(groups_.size() - 1);
 }

@@ -200,7 +200,9 @@ TEST_F(GpuDecodeTest, MixedStepsGiveEachSequenceItsTokensAlone) {
     std::vector<Greedy> alone;
     for (const MixSequence& s : seqs) alone.push_back(RunAlone(model, **kv, s, nullptr));
     EXPECT_GT(mixed_steps, 3);
-    EXPECT_LE(ExpectSameTokens(seqs, mixed, alone, 2e-2), 2);
+    const TokenComparison c = CompareTokens(seqs, mixed, alone, 2e-2);
+    EXPECT_LE(c.flips, 1) << "more than one sequence took other codes (step_mix_support.h)";
+    EXPECT_LE(c.ties + c.flips, 2);
     EXPECT_EQ((*kv)->stats().used_pages, 0);
   }
 }
