@@ -20,8 +20,8 @@ case "$mode" in
     compile_flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
     link_flags="-fsanitize=address,undefined"
     default_tests="tokenizer_test model_config_test safetensors_test sampler_test checkpoint_generator_test
-      squat_math_test kv_cache_test engine_test scheduler_test server_e2e_test server_bad_checkpoint_test
-      server_tls_test"
+      squat_math_test kv_cache_test step_runner_test sequence_test engine_test scheduler_test server_e2e_test
+      server_bad_checkpoint_test server_tls_test"
     ;;
   tsan)
     compile_flags="-fsanitize=thread -fno-omit-frame-pointer"
