@@ -178,8 +178,9 @@ TEST_F(GpuDecodeTest, SquatPostGreedyMatchesReference) {
   Compare(kv::KvMethod::kSquatPost, 4, "bfloat16", 5e-2);
 }
 
-// As step_runner_test's CPU case, through the CUDA kernels: every format, prefill chunks and
-// decode rows in the same steps, each sequence's greedy tokens as alone.
+// As step_runner_test's CPU cases, through the CUDA kernels: every format, prefill chunks and
+// decode rows in the same steps, each sequence's greedy tokens as alone; and the kernels rotate
+// a pre-RoPE cache's keys (RotatePair) bit for bit as the model rotates k (float32).
 TEST_F(GpuDecodeTest, MixedStepsGiveEachSequenceItsTokensAlone) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   for (const std::string dtype : {"float32", "float16"}) {
@@ -189,29 +190,10 @@ TEST_F(GpuDecodeTest, MixedStepsGiveEachSequenceItsTokensAlone) {
     options.dtype = dtype;
     auto loaded = LoadFrom(*dir_, options);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
-    LlamaModel& model = *loaded->model;
-    const int64_t d = model.config().head_dim;
-    auto kv = kv::KvCacheManager::Create(model.kv_shape(), MixFormat(kv::KvMethod::kSquatPre, 2, 2, d), int64_t{64} << 20);
-    ASSERT_TRUE(kv.ok()) << kv.status();
-    ASSERT_STREQ((*kv)->backend().name(), "cuda");
-    const std::vector<MixSequence> seqs = MixedWorkload(d, model.config().vocab_size, seed_);
-    int mixed_steps = 0;
-    const std::vector<Greedy> mixed = RunMixed(model, **kv, seqs, /*chunk=*/24, nullptr, &mixed_steps);
-    std::vector<Greedy> alone;
-    for (const MixSequence& s : seqs) alone.push_back(RunAlone(model, **kv, s, nullptr));
-    EXPECT_GT(mixed_steps, 3);
-    const TokenComparison c = CompareTokens(seqs, mixed, alone, 2e-2);
-    EXPECT_LE(c.flips, 1) << "more than one sequence took other codes (step_mix_support.h)";
-    EXPECT_LE(c.ties + c.flips, 2);
-    EXPECT_EQ((*kv)->stats().used_pages, 0);
+    CheckMixedSteps(*loaded->model, seed_);
   }
 }
 
-// The model rotates q and k with its RoPE table; the CUDA kernels rotate a pre-RoPE cache's
-// keys with the same table (RotatePair). In float32, while every key is full precision, an fp16
-// cache (the model's k_rot) and a squat cache (k, rotated in the kernel) give the same logits
-// bit for bit: prefill in two chunks (the second attends over stored keys), then decode below
-// R = 32 tokens through the decode kernel.
 TEST_F(GpuDecodeTest, KernelsRotateLikeTheModelBitForBit) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   ModelLoadOptions options;
@@ -219,30 +201,7 @@ TEST_F(GpuDecodeTest, KernelsRotateLikeTheModelBitForBit) {
   options.dtype = "float32";
   auto loaded = LoadFrom(*dir_, options);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  LlamaModel& model = *loaded->model;
-  const int64_t d = model.config().head_dim;
-  std::mt19937 rng(seed_);
-  std::vector<int32_t> tokens;
-  for (int i = 0; i < 31; ++i) tokens.push_back(static_cast<int32_t>(rng() % model.config().vocab_size));
-  std::vector<std::vector<at::Tensor>> logits(2);
-  const std::vector<kv::KvFormat> formats = {MixFormat(kv::KvMethod::kFp16, 16, 16, d),
-                                             MixFormat(kv::KvMethod::kSquatPre, 2, 2, d)};
-  for (size_t f = 0; f < formats.size(); ++f) {
-    auto cache = kv::StandaloneCache::Create(model.kv_shape(), formats[f], 40);
-    ASSERT_TRUE(cache.ok()) << cache.status();
-    ASSERT_STREQ(cache->manager().backend().name(), "cuda");
-    kv::SequenceKvCache& seq = **cache;
-    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin(), tokens.begin() + 11}, false,
-                                        /*prompt_complete=*/false).cpu());
-    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin() + 11, tokens.begin() + 20}, false).cpu());
-    for (size_t t = 20; t < tokens.size(); ++t) {
-      logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens[t]}).cpu());
-    }
-  }
-  for (size_t i = 0; i < logits[0].size(); ++i) {
-    EXPECT_TRUE(at::equal(logits[0][i], logits[1][i])) << "step " << i << ": max |diff| "
-                                                       << (logits[0][i] - logits[1][i]).abs().max().item<double>();
-  }
+  CheckPreRopeRotatesLikeTheModel(*loaded->model, seed_, "cuda");
 }
 
 // Not a check: prints the decode-step time of 64 sequences (prompt 160) on a small fp16 model

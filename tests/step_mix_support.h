@@ -16,6 +16,7 @@
 
 #include "kvcache/attention_backend.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/standalone_cache.h"
 #include "runtime/llama_model.h"
 #include "runtime/step_runner.h"
 
@@ -80,8 +81,7 @@ inline std::vector<Greedy> RunMixed(LlamaModel& model, kv::KvCacheManager& kv, c
   std::vector<std::unique_ptr<kv::SequenceKvCache>> caches(n);
   std::vector<Greedy> out(n);
   std::vector<std::vector<int32_t>> fed(n);  // tokens fed so far
-  int64_t rows = 0;
-  for (const MixSequence& s : seqs) rows += std::max<int64_t>(chunk, 1);
+  const int64_t rows = static_cast<int64_t>(n) * std::max<int64_t>(chunk, 1);  // a chunk each at most
   auto runner = StepRunner::Create(model, kv, rows, static_cast<int64_t>(n), backend);
   EXPECT_TRUE(runner.ok()) << runner.status();
   *mixed_steps = 0;
@@ -202,6 +202,57 @@ inline std::vector<MixSequence> MixedWorkload(int64_t head_dim, int64_t vocab, u
     seqs.push_back(std::move(s));
   }
   return seqs;
+}
+
+// The mixed run against every sequence alone, on `model`'s device, in one pool.
+inline void CheckMixedSteps(LlamaModel& model, uint32_t seed) {
+  const int64_t d = model.config().head_dim;
+  auto kv = kv::KvCacheManager::Create(model.kv_shape(), MixFormat(kv::KvMethod::kSquatPre, 2, 2, d), int64_t{64} << 20);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  const std::vector<MixSequence> seqs = MixedWorkload(d, model.config().vocab_size, seed);
+  int mixed_steps = 0;
+  const std::vector<Greedy> mixed = RunMixed(model, **kv, seqs, /*chunk=*/24, nullptr, &mixed_steps);
+  std::vector<Greedy> alone;
+  for (const MixSequence& s : seqs) alone.push_back(RunAlone(model, **kv, s, nullptr));
+  EXPECT_GT(mixed_steps, 3) << "steps should mix prefill chunks and decode rows";
+  const TokenComparison c = CompareTokens(seqs, mixed, alone, 2e-2);
+  EXPECT_LE(c.flips, 1) << "more than one sequence took other codes (see CompareTokens)";
+  EXPECT_LE(c.ties + c.flips, 2);
+  EXPECT_EQ((*kv)->stats().used_pages, 0);  // every sequence gave its pages back
+}
+
+// fp16 stores the model's k_rot; squat (pre-RoPE) stores k and the backend rotates it with the
+// same table when it attends. Until a key is quantized the two caches hold the same keys, so
+// the logits must agree bit for bit (float32): a prefill in two chunks (the second attends over
+// stored keys), then decode steps below R = 32 tokens.
+inline void CheckPreRopeRotatesLikeTheModel(LlamaModel& model, uint32_t seed, const char* backend) {
+  ASSERT_EQ(model.dtype(), at::kFloat);
+  const int64_t d = model.config().head_dim;
+  const std::vector<kv::KvFormat> formats = {MixFormat(kv::KvMethod::kFp16, 16, 16, d),
+                                             MixFormat(kv::KvMethod::kSquatPre, 2, 2, d)};
+  std::mt19937 rng(seed);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 31; ++i) tokens.push_back(static_cast<int32_t>(rng() % model.config().vocab_size));
+  std::vector<std::vector<at::Tensor>> logits(2);
+  for (size_t f = 0; f < formats.size(); ++f) {
+    auto cache = kv::StandaloneCache::Create(model.kv_shape(), formats[f], 40);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    ASSERT_STREQ(cache->manager().backend().name(), backend);
+    kv::SequenceKvCache& seq = **cache;
+    auto step = [&](size_t from, size_t to, bool prompt_complete) {
+      logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin() + from, tokens.begin() + to},
+                                          /*last_only=*/false, prompt_complete)
+                              .cpu());
+    };
+    step(0, 11, false);
+    step(11, 20, true);
+    for (size_t t = 20; t < tokens.size(); ++t) step(t, t + 1, true);
+    EXPECT_EQ(seq.length(), 31);
+  }
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    EXPECT_TRUE(at::equal(logits[0][i], logits[1][i])) << "step " << i << ": max |diff| "
+                                                       << (logits[0][i] - logits[1][i]).abs().max().item<double>();
+  }
 }
 
 }  // namespace squat

@@ -49,20 +49,7 @@ TEST_F(StepRunnerTest, MixedStepsGiveEachSequenceItsTokensAlone) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   auto loaded = LoadFrom(*dir_);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  LlamaModel& model = *loaded->model;
-  const int64_t d = model.config().head_dim;
-  auto kv = kv::KvCacheManager::Create(model.kv_shape(), MixFormat(kv::KvMethod::kSquatPre, 2, 2, d), int64_t{64} << 20);
-  ASSERT_TRUE(kv.ok()) << kv.status();
-  const std::vector<MixSequence> seqs = MixedWorkload(d, model.config().vocab_size, seed_);
-  int mixed_steps = 0;
-  const std::vector<Greedy> mixed = RunMixed(model, **kv, seqs, /*chunk=*/24, nullptr, &mixed_steps);
-  std::vector<Greedy> alone;
-  for (const MixSequence& s : seqs) alone.push_back(RunAlone(model, **kv, s, nullptr));
-  EXPECT_GT(mixed_steps, 3) << "steps should mix prefill chunks and decode rows";
-  const TokenComparison c = CompareTokens(seqs, mixed, alone, 2e-2);
-  EXPECT_LE(c.flips, 1) << "more than one sequence took other codes (step_mix_support.h)";
-  EXPECT_LE(c.ties + c.flips, 2);
-  EXPECT_EQ((*kv)->stats().used_pages, 0);  // every sequence gave its pages back
+  CheckMixedSteps(*loaded->model, seed_);
 }
 
 // The table holds cos and sin of the float32 angles p * inv_freq, rounded once from float64.
@@ -89,38 +76,12 @@ TEST(RopeTableTest, RowsAreRoundedFloat64CosAndSin) {
   EXPECT_TRUE(at::equal(angles.sin.narrow(1, 0, d / 2), table.index_select(0, positions_wanted).narrow(1, d / 2, d / 2)));
 }
 
-// fp16 stores the model's k_rot; squat (pre-RoPE) stores k and the backend rotates it with the
-// same table when it attends. Until a key is quantized the two caches hold the same keys, so
-// the logits must agree bit for bit (prefill in two chunks, then decode below R = 32 tokens).
+// The model, the reference backend and (gpu_decode_test) the kernels share one RoPE table.
 TEST_F(StepRunnerTest, PreRopeCacheRotatesLikeTheModelBitForBit) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   auto loaded = LoadFrom(*dir_);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  LlamaModel& model = *loaded->model;
-  ASSERT_EQ(model.dtype(), at::kFloat);
-  const int64_t d = model.config().head_dim;
-  const std::vector<kv::KvFormat> formats = {MixFormat(kv::KvMethod::kFp16, 16, 16, d),
-                                             MixFormat(kv::KvMethod::kSquatPre, 2, 2, d)};
-  std::mt19937 rng(seed_);
-  std::vector<int32_t> tokens;
-  for (int i = 0; i < 31; ++i) tokens.push_back(static_cast<int32_t>(rng() % model.config().vocab_size));
-  std::vector<std::vector<at::Tensor>> logits(2);
-  for (size_t f = 0; f < formats.size(); ++f) {
-    auto cache = kv::StandaloneCache::Create(model.kv_shape(), formats[f], 40);
-    ASSERT_TRUE(cache.ok()) << cache.status();
-    kv::SequenceKvCache& seq = **cache;
-    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin(), tokens.begin() + 11}, false,
-                                        /*prompt_complete=*/false));
-    logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens.begin() + 11, tokens.begin() + 20}, false));
-    for (size_t t = 20; t < tokens.size(); ++t) {
-      logits[f].push_back(ForwardSequence(model, cache->manager(), seq, {tokens[t]}));
-    }
-    EXPECT_EQ(seq.length(), 31);
-  }
-  for (size_t i = 0; i < logits[0].size(); ++i) {
-    EXPECT_TRUE(at::equal(logits[0][i], logits[1][i])) << "step " << i << ": max |diff| "
-                                                       << (logits[0][i] - logits[1][i]).abs().max().item<double>();
-  }
+  CheckPreRopeRotatesLikeTheModel(*loaded->model, seed_, "reference");
 }
 
 // What exceeds the step's buffers is refused before any cache changes; so is a position past
