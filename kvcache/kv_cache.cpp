@@ -87,18 +87,9 @@ std::string Describe(const KvFormat& f) {
                       f.group_size, ", residual_length ", f.residual_length, ")");
 }
 
-absl::Status ValidateShape(const KvModelShape& s) {
-  if (s.num_layers <= 0 || s.num_kv_heads <= 0 || s.num_attention_heads <= 0 || s.head_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: model shape needs positive sizes, got layers ",
-                                                   s.num_layers, ", kv heads ", s.num_kv_heads, ", heads ",
-                                                   s.num_attention_heads, ", head_dim ", s.head_dim));
-  }
-  if (s.num_attention_heads % s.num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache: ", s.num_attention_heads,
-                                                   " attention heads are not a multiple of ", s.num_kv_heads,
-                                                   " KV heads"));
-  }
-  if (s.head_dim % 2 != 0) return absl::InvalidArgumentError("KV cache: head_dim must be even (RoPE)");
+// The shape's sizes come from a validated ModelConfig (runtime/model_config.h); what is the
+// cache's own to check is the RoPE table and dtype it is handed.
+absl::Status CheckRopeTable(const KvModelShape& s) {
   if (!at::isFloatingType(s.compute_dtype)) {
     return absl::InvalidArgumentError("KV cache: compute dtype must be floating point");
   }
@@ -159,11 +150,9 @@ class PagedKvCacheManager final : public KvCacheManager {
   const KvFormat& default_format() const override { return default_format_; }
   double BytesPerToken(const KvFormat& format) const override { return FormatBytesPerToken(shape_, format); }
   int64_t CapacityTokens(const KvFormat& format) const override {
-    if (!ValidateKvFormat(format, shape_.head_dim).ok()) return 0;
     return CapacityForPages(shape_, format, pool_->page_bytes(), pool_->total_pages());
   }
   int64_t PromptCapacityTokens(const KvFormat& format) const override {
-    if (!ValidateKvFormat(format, shape_.head_dim).ok()) return 0;
     const int64_t per_page = TokensPerPage(shape_, format, pool_->page_bytes());
     if (per_page == 0) return 0;
     // Binary search on what NewSequence reserves (monotonic in the token count); a sequence
@@ -279,13 +268,19 @@ absl::StatusOr<std::unique_ptr<SequenceKvCache>> PagedKvCacheManager::NewSequenc
       shape_, format, max_tokens, pool_, std::move(leases), std::move(used), collects_queries ? state : nullptr));
 }
 
+int64_t KvCacheManager::AllocatedPoolBytes(const KvModelShape& shape, const KvFormat& default_format,
+                                           int64_t pool_bytes) {
+  const int64_t page_bytes = DefaultPageBytes(shape, default_format);
+  return pool_bytes / page_bytes * page_bytes;
+}
+
 absl::StatusOr<std::unique_ptr<KvCacheManager>> KvCacheManager::Create(const KvModelShape& shape,
                                                                         const KvFormat& default_format,
                                                                         int64_t pool_bytes) {
-  if (absl::Status s = ValidateShape(shape); !s.ok()) return s;
+  if (absl::Status s = CheckRopeTable(shape); !s.ok()) return s;
   if (absl::Status s = ValidateKvFormat(default_format, shape.head_dim); !s.ok()) return s;
   const int64_t page_bytes = DefaultPageBytes(shape, default_format);
-  const int64_t total_pages = pool_bytes / page_bytes;
+  const int64_t total_pages = AllocatedPoolBytes(shape, default_format, pool_bytes) / page_bytes;
   if (total_pages <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: pool of ", pool_bytes,
                                                    " bytes is smaller than one page (", page_bytes, " bytes)"));

@@ -99,6 +99,9 @@ class KvCacheManager {
   static absl::StatusOr<std::unique_ptr<KvCacheManager>> Create(const KvModelShape& shape,
                                                                 const KvFormat& default_format,
                                                                 int64_t pool_bytes);
+  // The bytes Create takes for a pool of pool_bytes: whole pages of the default format's page
+  // (kvcache/page_geometry.h). Needs no RoPE table (the start-up memory estimate calls it).
+  static int64_t AllocatedPoolBytes(const KvModelShape& shape, const KvFormat& default_format, int64_t pool_bytes);
   virtual ~KvCacheManager() = default;
 
   // Reserves the pages a sequence of up to max_tokens needs now (plus residual windows and
@@ -125,7 +128,9 @@ class KvCacheManager {
   // windows and SQuat state excluded: they are per sequence, not per token).
   virtual double BytesPerToken(const KvFormat& format) const = 0;
   // Tokens of this format the whole pool holds for one sequence once its prompt is complete
-  // (residual/state included; prompt staging excluded, so it is reached through Reserve).
+  // (residual/state included; prompt staging excluded, so it is reached through Reserve); 0
+  // when one page holds no whole block of it. The format must be valid (ValidateKvFormat):
+  // kvcache/format_catalogue.h resolves a request's format and asks both capacities once.
   virtual int64_t CapacityTokens(const KvFormat& format) const = 0;
   // The longest prompt of this format that NewSequence could ever reserve in the empty pool
   // (quantized formats stage the prompt in full precision until it is complete).

@@ -51,7 +51,7 @@ struct EngineOptions {
   int32_t kv_subspace_dim = 60;     // r
   double kv_lambda = 1e-3;
   bool kv_shared_subspace = false;  // false: one subspace per request (from its own prompt)
-  int64_t kv_pool_bytes = 0;        // KV page pool size; 0: 1 GiB on CPU, see below on CUDA
+  int64_t kv_pool_bytes = 0;        // KV page pool size (whole pages); 0: 1 GiB on CPU, see below on CUDA
   // CUDA with kv_pool_bytes 0: the KV pool takes this share of the device's total memory minus
   // what is in use once the weights are loaded (weights, CUDA context) and minus the activation
   // workspace for max_num_batched_tokens (ModelDescription::workspace_bytes).
@@ -68,6 +68,12 @@ struct EngineOptions {
   int32_t max_prefill_chunk = 512;        // prompt tokens one sequence feeds per step
   EngineObserver* observer = nullptr;     // not owned; null: none
 };
+
+// Ranges of the options that need no model (sizes > 0, 0 < gpu_memory_utilization <= 1,
+// 1 <= default_max_tokens <= max_tokens_limit, ...); messages name the option and its server
+// flag. Engine::Create calls it first; the server calls it while parsing flags. The KV format
+// defaults are checked against the model's head_dim in Engine::Create (kvcache/format_catalogue.h).
+absl::Status ValidateEngineOptions(const EngineOptions& options);
 
 enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled, kError };
 const char* FinishReasonName(FinishReason reason);
@@ -105,11 +111,25 @@ struct GenerationEvent {
   double time_seconds = 0;
 };
 
+// A new request id: "req-" and 16 hex digits. The engine gives one to a request without an
+// id; the server uses it for calls it refuses before submitting.
+std::string NewRequestId();
+
+// What the engine decided for an accepted request: its defaults applied, its KV format
+// resolved. Consumers read these instead of re-deriving the engine's defaults.
+struct AcceptedRequest {
+  std::string request_id;
+  std::string kv_method;   // "fp16", "kivi", "squat" or "squat-post"
+  std::string kv_format;   // the metrics label: "fp16" or "<method>-k<K>v<V>", e.g. "squat-k2v2"
+  int32_t max_tokens = 0;  // the request's, or the engine's default_max_tokens
+};
+
 // Thread-safe queue between the engine thread (producer) and one consumer.
 class RequestStream {
  public:
-  explicit RequestStream(std::string request_id) : request_id_(std::move(request_id)) {}
-  const std::string& request_id() const { return request_id_; }
+  explicit RequestStream(AcceptedRequest accepted) : accepted_(std::move(accepted)) {}
+  const std::string& request_id() const { return accepted_.request_id; }
+  const AcceptedRequest& accepted() const { return accepted_; }
 
   // Waits up to `timeout` for the next event; false on timeout.
   bool Next(GenerationEvent* event, std::chrono::milliseconds timeout);
@@ -122,7 +142,7 @@ class RequestStream {
   void Push(GenerationEvent event);
 
  private:
-  std::string request_id_;
+  const AcceptedRequest accepted_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<GenerationEvent> events_;
@@ -144,6 +164,7 @@ struct EngineStats {
 };
 
 struct KvFormatDescription {
+  std::string label;  // AcceptedRequest::kv_format's name for it
   std::string method;
   int32_t k_bits = 16;
   int32_t v_bits = 16;
@@ -162,11 +183,27 @@ struct ModelDescription {
   std::string device;
   std::vector<int32_t> eos_token_ids;
   int64_t weight_bytes = 0;
-  // Activation workspace the engine sets aside on the device (CUDA: estimated from the
-  // shapes); 0 on CPU, where it is not measured.
+  // Activation workspace of one step (estimated from the shapes, RoPE table included): set
+  // aside before the KV pool on CUDA, allocated as needed on CPU.
   int64_t workspace_bytes = 0;
   std::vector<KvFormatDescription> kv_formats;
 };
+
+// What serving options.model_dir with these options takes in memory, before anything is
+// loaded: the weights in the dtype the loader will give them (LoadedWeightDtype, from the
+// checkpoint's stored dtype), the KV pool as Engine::Create will allocate it (whole pages) and
+// the activation workspace of one step (RoPE table included). On CUDA with kv_pool_bytes 0 the
+// pool is sized from free memory at start-up and counts 0 here. Errors: the options', the
+// config's and the checkpoint's (missing, corrupt), OUT_OF_RANGE for sizes beyond 2^62 bytes.
+struct ServingMemoryEstimate {
+  std::string weight_dtype;  // "float32", "float16" or "bfloat16"
+  int64_t weight_bytes = 0;
+  int64_t kv_pool_bytes = 0;
+  int64_t workspace_bytes = 0;
+  bool kv_pool_from_free_memory = false;  // CUDA with kv_pool_bytes 0
+  int64_t total() const { return weight_bytes + kv_pool_bytes + workspace_bytes; }
+};
+absl::StatusOr<ServingMemoryEstimate> EstimateServingMemory(const EngineOptions& options);
 
 class Engine {
  public:

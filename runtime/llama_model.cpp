@@ -14,6 +14,7 @@
 #include "kvcache/kv_cache.h"
 #include "kvcache/rope.h"
 #include "kvcache/step_batch.h"
+#include "runtime/model_memory.h"
 #include "runtime/safetensors.h"
 
 namespace squat {
@@ -47,19 +48,8 @@ absl::StatusOr<at::ScalarType> CheckpointScalarType(DType dtype) {
   }
 }
 
-absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
-  if (name == "float32" || name == "float") return at::kFloat;
-  if (name == "float16" || name == "half") return at::kHalf;
-  if (name == "bfloat16") return at::kBFloat16;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown dtype '", name, "' (expected auto, float32, float16 or bfloat16)"));
-}
-
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
-  if (name != "cpu" && name != "cuda" && name.rfind("cuda:", 0) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown device '", name, "' (expected cpu, cuda or cuda:N)"));
-  }
+  if (absl::StatusOr<bool> known = IsCudaDevice(name); !known.ok()) return known.status();
   try {
     at::Device device(name);
     if (device.is_cuda() && !at::hasCUDA()) {
@@ -73,54 +63,6 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad device '", name, "': ", e.what_without_backtrace()));
   }
-}
-
-// Fills the defaults that config.json may omit and rejects shapes the model cannot run.
-absl::Status CompleteConfig(ModelConfig& c) {
-  auto positive = [](const char* field, int64_t v) -> absl::Status {
-    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat("config: ", field, " must be > 0, got ", v));
-    return absl::OkStatus();
-  };
-  for (auto [field, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
-                              {"hidden_size", c.hidden_size},
-                              {"intermediate_size", c.intermediate_size},
-                              {"num_hidden_layers", c.num_hidden_layers},
-                              {"num_attention_heads", c.num_attention_heads}}) {
-    if (auto s = positive(field, value); !s.ok()) return s;
-  }
-  if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
-  if (c.head_dim == 0) c.head_dim = c.hidden_size / c.num_attention_heads;
-  if (auto s = positive("num_key_value_heads", c.num_key_value_heads); !s.ok()) return s;
-  if (auto s = positive("head_dim", c.head_dim); !s.ok()) return s;
-  if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config: num_attention_heads (", c.num_attention_heads,
-        ") is not a multiple of num_key_value_heads (", c.num_key_value_heads, ")"));
-  }
-  if (c.head_dim % 2 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: head_dim must be even for RoPE, got ", c.head_dim));
-  }
-  if (c.rope_scaling) {
-    const RopeScaling& r = *c.rope_scaling;
-    // "dynamic" (NTK) equals unscaled RoPE up to max_position_embeddings; it is not applied.
-    if (r.rope_type != "llama3" && r.rope_type != "linear" && r.rope_type != "dynamic" &&
-        r.rope_type != "default" && !r.rope_type.empty()) {
-      return absl::UnimplementedError(
-          absl::StrCat("config: rope_scaling type '", r.rope_type, "' is not supported"));
-    }
-    if ((r.rope_type == "llama3" || r.rope_type == "linear") && !(r.factor > 0)) {
-      return absl::InvalidArgumentError("config: rope_scaling.factor must be > 0");
-    }
-    if (r.rope_type == "llama3" &&
-        (!(r.high_freq_factor > r.low_freq_factor) || !(r.low_freq_factor > 0) ||
-         r.original_max_position_embeddings <= 0)) {
-      return absl::InvalidArgumentError(
-          "config: llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and "
-          "original_max_position_embeddings > 0");
-    }
-  }
-  return absl::OkStatus();
 }
 
 // HF's inverse frequencies, op for op in float32 (python's `a / t` is t.reciprocal() * a).
@@ -191,16 +133,16 @@ class WeightLoader {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype)
-    : config_(config), device_(device), dtype_(dtype) {}
+LlamaModel::LlamaModel(const ModelConfig& config, at::Device device, std::string dtype_name)
+    : config_(config), device_(device), dtype_name_(std::move(dtype_name)), dtype_(ScalarTypeOf(dtype_name_)) {}
 
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointReader& checkpoint,
                                                              const ModelConfig& config,
                                                              const ModelLoadOptions& options) {
-  ModelConfig c = config;
-  if (auto s = CompleteConfig(c); !s.ok()) return s;
+  const ModelConfig& c = config;
+  if (absl::Status valid = ValidateModelConfig(c); !valid.ok()) return valid;
   auto device = ParseDevice(options.device);
   if (!device.ok()) return device.status();
 
@@ -208,23 +150,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointRea
   if (embed_view == nullptr) {
     return absl::NotFoundError("checkpoint is missing tensor 'model.embed_tokens.weight'");
   }
-  at::ScalarType dtype = at::kFloat;
-  if (options.dtype == "auto") {
-    auto stored = CheckpointScalarType(embed_view->dtype);
-    if (!stored.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor 'model.embed_tokens.weight': ",
-                                                     stored.status().message()));
-    }
-    const bool half = *stored == at::kHalf || *stored == at::kBFloat16;
-    dtype = device->is_cuda() && half ? *stored : at::kFloat;
-  } else {
-    auto parsed = ParseDtype(options.dtype);
-    if (!parsed.ok()) return parsed.status();
-    dtype = *parsed;
-  }
+  absl::StatusOr<std::string> dtype_name = LoadedWeightDtype(options.dtype, device->is_cuda(), embed_view->dtype);
+  if (!dtype_name.ok()) return dtype_name.status();
+  const at::ScalarType dtype = ScalarTypeOf(*dtype_name);
 
   c10::InferenceMode inference;
-  std::unique_ptr<LlamaModel> model(new LlamaModel(c, *device, dtype));
+  std::unique_ptr<LlamaModel> model(new LlamaModel(c, *device, *dtype_name));
   const int64_t hidden = c.hidden_size, inter = c.intermediate_size, d = c.head_dim;
   const int64_t q_rows = c.num_attention_heads * d, kv_rows = c.num_key_value_heads * d;
   WeightLoader loader(checkpoint, *device, dtype);
@@ -293,27 +224,29 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const CheckpointRea
 }
 
 int64_t LlamaModel::WorkspaceBytes(int64_t tokens, int64_t sequences) const {
-  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype_));
-  const int64_t hidden = config_.hidden_size, inter = config_.intermediate_size, d = config_.head_dim;
-  const int64_t qkv = (config_.num_attention_heads + 2 * config_.num_key_value_heads) * d;
-  // Alive at once in a layer, per row: residual stream and its norm, the qkv projection and its
-  // rotated q/k, the attention output and o_proj, gate/up and the SwiGLU product; RMSNorm's
-  // float32 copies; the row's cos/sin (float32 table rows, then the compute dtype).
-  const int64_t per_row = (6 * hidden + 2 * qkv + 4 * inter) * element + 2 * hidden * 4 + 2 * d * (4 + element);
-  // Logits: the lm_head output, its float32 copy and the final norm, per sequence.
-  const int64_t logits = sequences * (config_.vocab_size * (element + 4) + hidden * 4);
-  // Half again for the caching allocator's rounding and fragmentation.
-  return (tokens * per_row + logits) * 3 / 2;
+  return squat::WorkspaceBytes(config_, static_cast<int64_t>(c10::elementSize(dtype_)), tokens, sequences,
+                               rope_table_.size(0));
+}
+
+at::ScalarType ScalarTypeOf(const std::string& dtype) {
+  if (dtype == "float16") return at::kHalf;
+  if (dtype == "bfloat16") return at::kBFloat16;
+  return at::kFloat;
+}
+
+kv::KvModelShape KvShapeOf(const ModelConfig& config, at::ScalarType dtype, at::Device device) {
+  kv::KvModelShape shape;
+  shape.num_layers = config.num_hidden_layers;
+  shape.num_kv_heads = config.num_key_value_heads;
+  shape.num_attention_heads = config.num_attention_heads;
+  shape.head_dim = config.head_dim;
+  shape.compute_dtype = dtype;
+  shape.device = device;
+  return shape;
 }
 
 kv::KvModelShape LlamaModel::kv_shape() const {
-  kv::KvModelShape shape;
-  shape.num_layers = config_.num_hidden_layers;
-  shape.num_kv_heads = config_.num_key_value_heads;
-  shape.num_attention_heads = config_.num_attention_heads;
-  shape.head_dim = config_.head_dim;
-  shape.compute_dtype = dtype_;
-  shape.device = device_;
+  kv::KvModelShape shape = KvShapeOf(config_, dtype_, device_);
   shape.rope_table = rope_table_;
   return shape;
 }

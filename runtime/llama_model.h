@@ -24,17 +24,21 @@ class CheckpointReader;
 
 struct ModelLoadOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
-  // "auto": float32 on CPU, the checkpoint's dtype (float16/bfloat16) on CUDA;
-  // or "float32", "float16", "bfloat16".
+  // "auto" or a dtype name: runtime/model_memory.h's LoadedWeightDtype decides.
   std::string dtype = "auto";
   // Rows of the RoPE table (positions the model can run at); 0: max_position_embeddings.
   int64_t max_positions = 0;
 };
 
+// The ATen type of LoadedWeightDtype's names (runtime/model_memory.h).
+at::ScalarType ScalarTypeOf(const std::string& dtype);
+// What the KV cache needs to know of a model with this config, dtype and device (no RoPE table).
+kv::KvModelShape KvShapeOf(const ModelConfig& config, at::ScalarType dtype, at::Device device);
+
 class LlamaModel {
  public:
-  // Copies (and converts) every weight onto the device; errors name a missing or
-  // mis-shaped tensor.
+  // Copies (and converts) every weight onto the device, in LoadedWeightDtype's dtype; errors
+  // name a missing or mis-shaped tensor. `config` is ParseModelConfig's (it is re-validated).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const CheckpointReader& checkpoint,
                                                           const ModelConfig& config,
                                                           const ModelLoadOptions& options);
@@ -53,18 +57,18 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
+  const std::string& dtype_name() const { return dtype_name_; }  // LoadedWeightDtype's name
   int64_t weight_bytes() const { return weight_bytes_; }
-  // Estimated device bytes of the activations of one forward pass over `tokens` rows that
-  // produces `sequences` logit rows (ATen temporaries and float32 norms included, with margin
-  // for the caching allocator): the workspace set aside before the KV pool takes the rest.
+  // runtime/model_memory.h's WorkspaceBytes for this model (its dtype and RoPE table).
   int64_t WorkspaceBytes(int64_t tokens, int64_t sequences) const;
 
  private:
   struct Layer;
-  LlamaModel(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+  LlamaModel(const ModelConfig& config, at::Device device, std::string dtype_name);
   at::Tensor Logits(const at::Tensor& hidden) const;  // final norm + lm_head, float32
   ModelConfig config_;
   at::Device device_;
+  std::string dtype_name_;
   at::ScalarType dtype_;
   int64_t weight_bytes_ = 0;
   at::Tensor embed_tokens_;  // [vocab, hidden]

@@ -1,5 +1,7 @@
 #include "runtime/model_config.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -79,15 +81,6 @@ absl::Status ReadRopeScaling(const json& object, ModelConfig* config) {
       !s.ok()) {
     return s;
   }
-  if (!(scaling.factor > 0)) return FieldError("rope_scaling.factor", "must be positive");
-  if (scaling.rope_type == "llama3") {
-    if (!(scaling.low_freq_factor > 0) || !(scaling.high_freq_factor > scaling.low_freq_factor)) {
-      return FieldError("rope_scaling.high_freq_factor", "must exceed low_freq_factor, both positive");
-    }
-    if (scaling.original_max_position_embeddings <= 0) {
-      return FieldError("rope_scaling.original_max_position_embeddings", "must be positive");
-    }
-  }
   config->rope_scaling = scaling;
   return absl::OkStatus();
 }
@@ -114,7 +107,9 @@ absl::Status ReadTokenIds(const json& object, ModelConfig* config) {
   return absl::OkStatus();
 }
 
-absl::Status Validate(const ModelConfig& c, bool head_dim_given) {
+}  // namespace
+
+absl::Status ValidateModelConfig(const ModelConfig& c) {
   const std::pair<const char*, int64_t> positive[] = {
       {"vocab_size", c.vocab_size},
       {"hidden_size", c.hidden_size},
@@ -132,15 +127,27 @@ absl::Status Validate(const ModelConfig& c, bool head_dim_given) {
                       absl::StrCat("(", c.num_key_value_heads, ") must divide num_attention_heads (",
                                    c.num_attention_heads, ")"));
   }
-  // Without an explicit head_dim, HF derives it from hidden_size, which must then split evenly.
-  if (!head_dim_given && c.hidden_size % c.num_attention_heads != 0) {
-    return FieldError("hidden_size",
-                      absl::StrCat("(", c.hidden_size, ") must be divisible by num_attention_heads (",
-                                   c.num_attention_heads, ")"));
-  }
   if (c.head_dim <= 0) return FieldError("head_dim", absl::StrCat("must be positive (got ", c.head_dim, ")"));
   if (c.head_dim % 2 != 0) {
     return FieldError("head_dim", absl::StrCat("must be even for rotary embeddings (got ", c.head_dim, ")"));
+  }
+  if (c.rope_scaling) {
+    const RopeScaling& scaling = *c.rope_scaling;
+    // "dynamic" (NTK) equals unscaled RoPE up to max_position_embeddings; it is not applied.
+    if (scaling.rope_type != "llama3" && scaling.rope_type != "linear" && scaling.rope_type != "dynamic" &&
+        scaling.rope_type != "default") {
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: rope_scaling type '", scaling.rope_type, "' is not supported"));
+    }
+    if (!(scaling.factor > 0)) return FieldError("rope_scaling.factor", "must be positive");
+    if (scaling.rope_type == "llama3") {
+      if (!(scaling.low_freq_factor > 0) || !(scaling.high_freq_factor > scaling.low_freq_factor)) {
+        return FieldError("rope_scaling.high_freq_factor", "must exceed low_freq_factor, both positive");
+      }
+      if (scaling.original_max_position_embeddings <= 0) {
+        return FieldError("rope_scaling.original_max_position_embeddings", "must be positive");
+      }
+    }
   }
   if (!(c.rms_norm_eps > 0)) return FieldError("rms_norm_eps", "must be positive");
   if (!(c.rope_theta > 0)) return FieldError("rope_theta", "must be positive");
@@ -150,8 +157,6 @@ absl::Status Validate(const ModelConfig& c, bool head_dim_given) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   json root = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
@@ -203,7 +208,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   }
   if (auto s = ReadTokenIds(root, &config); !s.ok()) return s;
 
-  if (auto s = Validate(config, head_dim_given); !s.ok()) return s;
+  // Without an explicit head_dim, HF derives it from hidden_size, which must then split evenly.
+  if (!head_dim_given && config.num_attention_heads > 0 && config.hidden_size % config.num_attention_heads != 0) {
+    return FieldError("hidden_size",
+                      absl::StrCat("(", config.hidden_size, ") must be divisible by num_attention_heads (",
+                                   config.num_attention_heads, ")"));
+  }
+  if (auto s = ValidateModelConfig(config); !s.ok()) return s;
   return config;
 }
 
@@ -218,6 +229,27 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
     return absl::Status(config.status().code(), absl::StrCat(path, ": ", config.status().message()));
   }
   return config;
+}
+
+std::vector<int32_t> LoadEosTokenIds(const std::string& model_dir, const ModelConfig& config) {
+  std::vector<int32_t> ids = config.eos_token_ids;
+  std::ifstream in(std::filesystem::path(model_dir) / "generation_config.json");
+  if (!in) return ids;
+  // generation_config.json's eos_token_id is an int or a list, like config.json's.
+  const json root = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!root.is_object() || !root.contains("eos_token_id")) return ids;
+  const json& eos = root["eos_token_id"];
+  std::vector<int32_t> extra;
+  if (eos.is_number_integer()) extra.push_back(eos.get<int32_t>());
+  if (eos.is_array()) {
+    for (const json& id : eos) {
+      if (id.is_number_integer()) extra.push_back(id.get<int32_t>());
+    }
+  }
+  for (int32_t id : extra) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  }
+  return ids;
 }
 
 }  // namespace squat

@@ -39,8 +39,17 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids;  // config.json's eos_token_id (int or list)
 };
 
-// Parses and validates config.json text; errors name the offending field.
+// The one check of a config's values (sizes positive, heads a multiple of KV heads, head_dim
+// even, norms, RoPE, dtype); ParseModelConfig runs it and LlamaModel::Load runs it again on what
+// it is given. Errors name the offending field.
+absl::Status ValidateModelConfig(const ModelConfig& config);
+
+// Parses and validates config.json text: defaults (num_key_value_heads, head_dim) filled.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
+
+// The end-of-sequence ids: config.json's, extended by generation_config.json's when the model
+// directory has one (a file that cannot be parsed adds none).
+std::vector<int32_t> LoadEosTokenIds(const std::string& model_dir, const ModelConfig& config);
 
 }  // namespace squat

@@ -1,6 +1,22 @@
 #include "runtime/engine.h"
 
+#include <mutex>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
 namespace squat {
+
+std::string NewRequestId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  uint64_t value;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    value = rng();
+  }
+  return absl::StrCat("req-", absl::Hex(value, absl::kZeroPad16));
+}
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {

@@ -165,7 +165,7 @@ int32_t DrawTruncated(const SamplingParams& params, const float* logits,
 }  // namespace
 
 absl::Status ValidateSamplingParams(const SamplingParams& params) {
-  if (params.max_tokens < 1) return OutOfRange("max_tokens", "at least 1", params.max_tokens);
+  if (params.max_tokens < 0) return OutOfRange("max_tokens", ">= 0 (0 = the engine default)", params.max_tokens);
   if (!std::isfinite(params.temperature) || params.temperature < 0.0f)
     return OutOfRange("temperature", "a finite number >= 0 (0 = greedy)", params.temperature);
   if (params.top_k < 0) return OutOfRange("top_k", ">= 0 (0 = disabled)", params.top_k);
@@ -182,10 +182,23 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
     return OutOfRange("frequency_penalty", "in [-2, 2]", params.frequency_penalty);
   if (!InClosedRange(params.logprobs, 0, 20))
     return OutOfRange("logprobs", "in [0, 20]", params.logprobs);
+  if (params.stop.size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling parameter stop has ", params.stop.size(),
+                                                   " strings; at most ", kMaxStopStrings, " are allowed"));
+  }
   for (size_t i = 0; i < params.stop.size(); ++i) {
     if (params.stop[i].empty())
       return absl::InvalidArgumentError(
           absl::StrCat("sampling parameter stop[", i, "] must be a non-empty string"));
+    if (params.stop[i].size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling parameter stop[", i, "] has ", params.stop[i].size(),
+                                                     " bytes; at most ", kMaxStopStringBytes, " are allowed"));
+    }
+  }
+  if (params.stop_token_ids.size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling parameter stop_token_ids has ",
+                                                   params.stop_token_ids.size(), " ids; at most ",
+                                                   kMaxStopTokenIds, " are allowed"));
   }
   for (size_t i = 0; i < params.stop_token_ids.size(); ++i) {
     if (params.stop_token_ids[i] < 0)

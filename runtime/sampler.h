@@ -13,7 +13,7 @@
 namespace squat {
 
 struct SamplingParams {
-  int32_t max_tokens = 16;
+  int32_t max_tokens = 0;           // 0: the engine's default_max_tokens
   float temperature = 1.0f;         // 0 = greedy
   int32_t top_k = 0;                // 0 = disabled
   float top_p = 1.0f;               // 1 = disabled
@@ -29,7 +29,13 @@ struct SamplingParams {
   int32_t logprobs = 0;  // > 0: report the sampled token's log-probability
 };
 
-// Checks ranges (temperature >= 0, 0 < top_p <= 1, ...); the message names the field.
+// Per-request bounds on what stop matching may cost every decoded token.
+inline constexpr size_t kMaxStopStrings = 64;
+inline constexpr size_t kMaxStopStringBytes = 1024;
+inline constexpr size_t kMaxStopTokenIds = 1024;
+
+// Checks ranges (max_tokens >= 0, temperature >= 0, 0 < top_p <= 1, ...) and the stop limits
+// above; INVALID_ARGUMENT naming the field. The engine's max_tokens_limit is the engine's.
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
 struct SampledToken {

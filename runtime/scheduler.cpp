@@ -43,6 +43,7 @@ ScheduledChunk Scheduler::NextChunk(Sequence& seq, int64_t budget) const {
   chunk.seq = &seq;
   const int64_t computed = seq.computed();
   if (computed < seq.prefill_end) {
+    chunk.prefill = true;
     chunk.num_tokens = std::min({seq.prefill_end - computed, limits_.max_prefill_chunk, budget});
     chunk.prompt_complete = computed + chunk.num_tokens == seq.prefill_end;
   } else {

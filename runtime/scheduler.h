@@ -22,6 +22,7 @@ namespace squat {
 struct ScheduledChunk {
   Sequence* seq = nullptr;
   int64_t num_tokens = 0;
+  bool prefill = false;         // feeds (part of) the cache's prompt, not one decode token
   bool prompt_complete = true;  // Commit's flag: false for a prompt chunk with more to come
   bool samples = false;         // the chunk ends at the newest token: its logits pick the next
 };

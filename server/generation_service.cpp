@@ -1,10 +1,7 @@
 #include "server/generation_service.h"
 
-#include <algorithm>
 #include <chrono>
-#include <mutex>
 #include <optional>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/log.h"
@@ -21,17 +18,6 @@ constexpr std::chrono::milliseconds kPollInterval(50);
 constexpr std::chrono::seconds kCancelGrace(5);
 constexpr std::chrono::milliseconds kDeadlineSlack(250);
 constexpr size_t kMaxRequestIdLength = 128;
-
-std::string NewRequestId() {
-  static std::mutex mu;
-  static std::mt19937_64 rng{std::random_device{}()};
-  uint64_t value;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    value = rng();
-  }
-  return absl::StrCat("req-", absl::Hex(value, absl::kZeroPad16));
-}
 
 bool IsPrintableId(const std::string& id) {
   if (id.size() > kMaxRequestIdLength) return false;
@@ -195,22 +181,7 @@ grpc::Status AbandonRequest(grpc::ServerContext* context, RequestStream* stream,
 
 }  // namespace
 
-GenerationServiceImpl::GenerationServiceImpl(int32_t max_tokens_limit, int32_t default_max_tokens)
-    : default_max_tokens_(default_max_tokens) {
-  limits_.max_tokens_limit = max_tokens_limit;
-}
-
-void GenerationServiceImpl::AttachEngine(Engine* engine, const ModelDescription& description) {
-  limits_.kv_methods.clear();
-  for (const KvFormatDescription& format : description.kv_formats) {
-    if (std::find(limits_.kv_methods.begin(), limits_.kv_methods.end(), format.method) ==
-        limits_.kv_methods.end()) {
-      limits_.kv_methods.push_back(format.method);
-    }
-    if (format.is_default) default_kv_method_ = format.method;
-  }
-  engine_.store(engine, std::memory_order_release);
-}
+void GenerationServiceImpl::AttachEngine(Engine* engine) { engine_.store(engine, std::memory_order_release); }
 
 void GenerationServiceImpl::BeginDraining() { draining_.store(true); }
 
@@ -231,10 +202,9 @@ grpc::Status GenerationServiceImpl::StartRequest(const v1::GenerateRequest& requ
   if (!status.ok()) return status;
   Engine* engine = nullptr;
   status = ReadyEngine(/*for_generation=*/true, &engine);
-  if (status.ok()) status = ToGrpcStatus(ValidateGenerateRequest(request, limits_));
+  if (status.ok()) status = ToGrpcStatus(ValidateGenerateRequest(request, max_prompt_bytes_));
   if (!status.ok()) return status;
-  absl::StatusOr<std::shared_ptr<RequestStream>> submitted =
-      engine->Submit(ToEngineRequest(request, *request_id, default_max_tokens_));
+  absl::StatusOr<std::shared_ptr<RequestStream>> submitted = engine->Submit(ToEngineRequest(request, *request_id));
   if (!submitted.ok()) {
     if (submitted.status().code() == absl::StatusCode::kUnavailable && draining_.load()) {
       return {grpc::StatusCode::UNAVAILABLE, "server is draining"};
@@ -243,12 +213,14 @@ grpc::Status GenerationServiceImpl::StartRequest(const v1::GenerateRequest& requ
   }
   *stream = *std::move(submitted);
   const bool ids = request.prompt_case() == v1::GenerateRequest::kTokenIds;
-  call->Accepted(RequestFormat(request));
+  const AcceptedRequest& accepted = (*stream)->accepted();
+  call->Accepted(accepted.kv_format);
   log::Debug(absl::StrCat(call->kind(), " accepted"),
              {{log::kRequestIdKey, *request_id},
               {ids ? "prompt_ids" : "prompt_bytes",
                ids ? request.token_ids().ids_size() : static_cast<int>(request.text().size())},
-              {"max_tokens", request.sampling().max_tokens()}});
+              {"max_tokens", accepted.max_tokens},
+              {"kv_format", accepted.kv_format}});
   return grpc::Status::OK;
 }
 
@@ -267,8 +239,7 @@ grpc::Status GenerationServiceImpl::RunGenerate(grpc::ServerContext* context,
   if (grpc::Status status = StartRequest(request, call, &id, &stream); !status.ok()) return status;
 
   response->set_request_id(id);
-  response->set_kv_cache_method(request.kv_cache().method().empty() ? default_kv_method_
-                                                                    : request.kv_cache().method());
+  response->set_kv_cache_method(stream->accepted().kv_method);
   GenerationEvent event;
   while (true) {
     if (!NextEvent(context, stream.get(), &event)) {
@@ -327,12 +298,6 @@ grpc::Status GenerationServiceImpl::RunGenerateStream(
     }
     if (!written) return AbandonRequest(context, stream.get(), call);
   }
-}
-
-std::string GenerationServiceImpl::RequestFormat(const v1::GenerateRequest& request) const {
-  const v1::KvCacheConfig& kv = request.kv_cache();
-  if (metrics_ != nullptr) return metrics_->RequestFormat(kv.method(), kv.k_bits(), kv.v_bits());
-  return kv.method().empty() ? default_kv_method_ : kv.method();
 }
 
 grpc::Status GenerationServiceImpl::Tokenize(grpc::ServerContext* context,

@@ -21,16 +21,16 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
  public:
   // The service starts before the model is loaded and answers UNAVAILABLE until
   // AttachEngine.
-  GenerationServiceImpl(int32_t max_tokens_limit, int32_t default_max_tokens);
+  GenerationServiceImpl() = default;
 
   // Publishes the loaded engine (not owned; it must outlive the gRPC server).
-  void AttachEngine(Engine* engine, const ModelDescription& description);
+  void AttachEngine(Engine* engine);
   // From now on new generation calls get UNAVAILABLE "server is draining".
   void BeginDraining();
   // Request-level metrics (not owned; must outlive the service). Set before serving.
   void SetMetrics(ServerMetrics* metrics) { metrics_ = metrics; }
   // Text prompts above this many bytes get INVALID_ARGUMENT (0: no limit). Set before serving.
-  void SetMaxPromptBytes(int64_t bytes) { limits_.max_prompt_bytes = bytes; }
+  void SetMaxPromptBytes(int64_t bytes) { max_prompt_bytes_ = bytes; }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
@@ -48,18 +48,13 @@ class GenerationServiceImpl final : public v1::GenerationService::Service {
   // the request's event queue and `call` counts the request as accepted.
   grpc::Status StartRequest(const v1::GenerateRequest& request, CallRecord* call, std::string* request_id,
                             std::shared_ptr<RequestStream>* stream) const;
-  // The `format` label of the request's KV cache (its override over the server default).
-  std::string RequestFormat(const v1::GenerateRequest& request) const;
   grpc::Status RunGenerate(grpc::ServerContext* context, const v1::GenerateRequest& request,
                            v1::GenerateResponse* response, CallRecord* call);
   grpc::Status RunGenerateStream(grpc::ServerContext* context, const v1::GenerateRequest& request,
                                  grpc::ServerWriter<v1::GenerateStreamResponse>* writer,
                                  CallRecord* call);
 
-  const int32_t default_max_tokens_;
-  // Written by AttachEngine before engine_ is published (release/acquire on engine_).
-  RequestLimits limits_;
-  std::string default_kv_method_;
+  int64_t max_prompt_bytes_ = 0;
   std::atomic<Engine*> engine_{nullptr};
   std::atomic<bool> draining_{false};
   ServerMetrics* metrics_ = nullptr;

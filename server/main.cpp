@@ -101,8 +101,7 @@ int Run(int argc, char** argv) {
              {"kv_format", config.engine.kv_format}});
 
   // Metrics are served from the start; the engine's gauges appear once the model is loaded.
-  auto metrics = std::make_unique<ServerMetrics>(config.engine.kv_format, config.engine.kv_k_bits,
-                                                 config.engine.kv_v_bits);
+  auto metrics = std::make_unique<ServerMetrics>();
   absl::StatusOr<std::unique_ptr<MetricsHttpServer>> exporter = StartMetrics(config, metrics.get());
   if (!exporter.ok()) {
     log::Error(std::string(exporter.status().message()));
@@ -112,7 +111,7 @@ int Run(int argc, char** argv) {
   engine_options.observer = metrics.get();
 
   // The server listens (health NOT_SERVING) while the model loads.
-  GenerationServiceImpl service(config.engine.max_tokens_limit, config.engine.default_max_tokens);
+  GenerationServiceImpl service;
   service.SetMetrics(metrics.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -157,7 +156,7 @@ int Run(int argc, char** argv) {
   std::unique_ptr<Engine> engine = *std::move(created);
   ModelDescription description = engine->Describe();
   metrics->AttachEngine(engine.get(), description, SQUAT_VERSION);
-  service.AttachEngine(engine.get(), description);
+  service.AttachEngine(engine.get());
   SetServing(server.get(), true);
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();

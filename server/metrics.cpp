@@ -61,11 +61,6 @@ constexpr const char* kCommonErrorCodes[] = {"INVALID_ARGUMENT", "RESOURCE_EXHAU
 
 }  // namespace
 
-std::string KvFormatLabel(const std::string& method, int32_t k_bits, int32_t v_bits) {
-  if (method == "fp16") return method;
-  return absl::StrCat(method, "-k", k_bits, "v", v_bits);
-}
-
 // Every family of docs/metrics.md; the registry owns them.
 struct ServerMetrics::Families {
   explicit Families(prometheus::Registry& r)
@@ -231,22 +226,11 @@ void RequestMetrics::OnEnd(FinishReason reason, int32_t prompt_tokens, const Tim
   if (timings.queue_seconds > 0) owner_->families_->request_queue_time.Observe(timings.queue_seconds);
 }
 
-ServerMetrics::ServerMetrics(std::string default_kv_method, int32_t default_k_bits,
-                             int32_t default_v_bits)
-    : default_kv_method_(std::move(default_kv_method)),
-      default_k_bits_(default_k_bits),
-      default_v_bits_(default_v_bits),
-      registry_(std::make_shared<prometheus::Registry>()),
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
       families_(std::make_unique<Families>(*registry_)) {}
 
 ServerMetrics::~ServerMetrics() = default;
-
-std::string ServerMetrics::RequestFormat(const std::string& method, uint32_t k_bits,
-                                         uint32_t v_bits) const {
-  return KvFormatLabel(method.empty() ? default_kv_method_ : method,
-                       k_bits != 0 ? static_cast<int32_t>(k_bits) : default_k_bits_,
-                       v_bits != 0 ? static_cast<int32_t>(v_bits) : default_v_bits_);
-}
 
 RequestMetrics::FormatSeries* ServerMetrics::SeriesFor(const std::string& format) {
   std::lock_guard<std::mutex> lock(series_mu_);
@@ -285,7 +269,7 @@ void ServerMetrics::AttachEngine(const Engine* engine, const ModelDescription& d
     if (format.method == "fp16") fp16_bytes_per_token = format.bytes_per_token;
   }
   for (const KvFormatDescription& format : description.kv_formats) {
-    const std::string label = KvFormatLabel(format.method, format.k_bits, format.v_bits);
+    const std::string& label = format.label;
     const prometheus::Labels labels = {{"format", label}};
     f.kv_cache_tokens.Add(labels).Set(static_cast<double>(format.capacity_tokens));
     f.kv_bytes_per_token.Add(labels).Set(format.bytes_per_token);

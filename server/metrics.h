@@ -25,9 +25,6 @@ class Registry;
 
 namespace squat::server {
 
-// The `format` label of a KV format: "fp16", or "<method>-k<K>v<V>" (e.g. "squat-k2v2").
-std::string KvFormatLabel(const std::string& method, int32_t k_bits, int32_t v_bits);
-
 class ServerMetrics;
 
 // The series of one generation call, resolved once when the engine accepts it. Not
@@ -54,14 +51,10 @@ class RequestMetrics {
 
 class ServerMetrics final : public prometheus::Collectable, public EngineObserver {
  public:
-  // The engine's default KV format (EngineOptions), which requests that leave theirs unset get.
-  ServerMetrics(std::string default_kv_method, int32_t default_k_bits, int32_t default_v_bits);
+  ServerMetrics();
   ~ServerMetrics() override;
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
-
-  // The `format` label of a request's KV override (empty method / 0 bits: the default).
-  std::string RequestFormat(const std::string& method, uint32_t k_bits, uint32_t v_bits) const;
 
   // Sets the model's static gauges (memory, formats, model_info) and reads the live ones from
   // `engine` at every scrape until DetachEngine (call it before the engine goes away).
@@ -69,7 +62,7 @@ class ServerMetrics final : public prometheus::Collectable, public EngineObserve
                     const std::string& version);
   void DetachEngine();
 
-  // A request the engine accepted, in KV format `format` (a RequestFormat label).
+  // A request the engine accepted, in KV format `format` (AcceptedRequest::kv_format).
   RequestMetrics StartRequest(const std::string& format);
   // A generation call ended with a non-OK gRPC status, by code name ("INVALID_ARGUMENT", ...).
   void CountError(const std::string& code);
@@ -89,9 +82,6 @@ class ServerMetrics final : public prometheus::Collectable, public EngineObserve
   RequestMetrics::FormatSeries* SeriesFor(const std::string& format);
   void RefreshSnapshots() const;
 
-  const std::string default_kv_method_;
-  const int32_t default_k_bits_;
-  const int32_t default_v_bits_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> families_;
 

@@ -1,9 +1,11 @@
 #include "server/proto_conversion.h"
 
+#include <algorithm>
+#include <cstdint>
+
 namespace squat::server {
 
-GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::string& request_id,
-                                int32_t default_max_tokens) {
+GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::string& request_id) {
   GenerateRequest out;
   out.request_id = request_id;
   if (request.prompt_case() == v1::GenerateRequest::kTokenIds) {
@@ -16,8 +18,8 @@ GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::s
 
   const v1::SamplingParams& in = request.sampling();
   SamplingParams& sampling = out.sampling;
-  sampling.max_tokens =
-      in.max_tokens() == 0 ? default_max_tokens : static_cast<int32_t>(in.max_tokens());
+  // Beyond int32 is beyond any limit; saturating keeps it refused rather than wrapped to "unset".
+  sampling.max_tokens = static_cast<int32_t>(std::min<uint32_t>(in.max_tokens(), INT32_MAX));
   sampling.temperature = in.has_temperature() ? in.temperature() : 1.0f;
   sampling.top_k = static_cast<int32_t>(in.top_k());
   sampling.top_p = in.has_top_p() ? in.top_p() : 1.0f;
@@ -75,6 +77,7 @@ void FillModelInfo(const ModelDescription& d, const KvPoolUsage& pool, v1::Model
   info->set_dtype(d.dtype);
   info->set_device(d.device);
   info->set_weight_bytes(static_cast<uint64_t>(d.weight_bytes));
+  info->set_workspace_bytes(static_cast<uint64_t>(d.workspace_bytes));
   for (int32_t id : d.eos_token_ids) info->add_eos_token_ids(id);
   info->set_kv_pool_bytes(static_cast<uint64_t>(pool.page_bytes * pool.total_pages));
   info->set_kv_page_bytes(static_cast<uint64_t>(pool.page_bytes));

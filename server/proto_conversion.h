@@ -9,9 +9,9 @@
 namespace squat::server {
 
 // Proto optional fields fall back to the documented defaults (temperature, top_p and
-// repetition_penalty 1.0; max_tokens 0 -> default_max_tokens). No validation here.
-GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::string& request_id,
-                                int32_t default_max_tokens);
+// repetition_penalty 1.0); max_tokens 0 stays 0 (the engine's default_max_tokens applies). No
+// validation here: the engine validates what it is given.
+GenerateRequest ToEngineRequest(const v1::GenerateRequest& request, const std::string& request_id);
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason);
 void FillUsage(const GenerationEvent& final_event, v1::Usage* usage);

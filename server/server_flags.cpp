@@ -13,34 +13,39 @@
 #include "absl/strings/str_replace.h"
 #include "spdlog/spdlog.h"
 
+// Engine flags default to EngineOptions' defaults (runtime/engine.h is their one home).
+namespace {
+const squat::EngineOptions kEngineDefaults;
+}  // namespace
+
 ABSL_FLAG(std::string, model, "models/tiny-english", "Model directory (config.json, safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, address, "127.0.0.1:50051", "host:port to listen on");
-ABSL_FLAG(std::string, device, "cpu", "Device: cpu or cuda[:N]");
-ABSL_FLAG(std::string, dtype, "auto", "Weight dtype: auto, float32, float16, bfloat16");
-ABSL_FLAG(std::string, kv_format, "squat",
+ABSL_FLAG(std::string, device, kEngineDefaults.device, "Device: cpu or cuda[:N]");
+ABSL_FLAG(std::string, dtype, kEngineDefaults.dtype, "Weight dtype: auto, float32, float16, bfloat16");
+ABSL_FLAG(std::string, kv_format, kEngineDefaults.kv_format,
           "Default KV-cache format: squat (pre-RoPE keys), squat-post, kivi, or fp16 (full precision)");
-ABSL_FLAG(int32_t, kv_k_bits, 2, "Key bits of the quantized formats (2 or 4)");
-ABSL_FLAG(int32_t, kv_v_bits, 2, "Value bits of the quantized formats (2 or 4)");
-ABSL_FLAG(int32_t, kv_group_size, 32, "G: tokens per key scale group, channels per value scale group");
-ABSL_FLAG(int32_t, kv_residual_length, 32, "R: full-precision residual window (multiple of G)");
-ABSL_FLAG(int32_t, kv_block_size, 0, "g: SQuat channel block (divides head_dim); 0: head_dim / 2");
-ABSL_FLAG(int32_t, kv_subspace_dim, 60, "r: rank of the SQuat query subspace");
-ABSL_FLAG(double, kv_lambda, 1e-3, "lambda: weight of the SQuat subspace penalty");
-ABSL_FLAG(bool, kv_shared_subspace, false,
+ABSL_FLAG(int32_t, kv_k_bits, kEngineDefaults.kv_k_bits, "Key bits of the quantized formats (2 or 4)");
+ABSL_FLAG(int32_t, kv_v_bits, kEngineDefaults.kv_v_bits, "Value bits of the quantized formats (2 or 4)");
+ABSL_FLAG(int32_t, kv_group_size, kEngineDefaults.kv_group_size, "G: tokens per key scale group, channels per value scale group");
+ABSL_FLAG(int32_t, kv_residual_length, kEngineDefaults.kv_residual_length, "R: full-precision residual window (multiple of G)");
+ABSL_FLAG(int32_t, kv_block_size, kEngineDefaults.kv_block_size, "g: SQuat channel block (divides head_dim); 0: head_dim / 2");
+ABSL_FLAG(int32_t, kv_subspace_dim, kEngineDefaults.kv_subspace_dim, "r: rank of the SQuat query subspace");
+ABSL_FLAG(double, kv_lambda, kEngineDefaults.kv_lambda, "lambda: weight of the SQuat subspace penalty");
+ABSL_FLAG(bool, kv_shared_subspace, kEngineDefaults.kv_shared_subspace,
           "Share one SQuat subspace (from the first prompt) across requests instead of one per request");
 ABSL_FLAG(int64_t, kv_pool_mib, 0,
           "KV page pool size in MiB (one allocation at start); 0: 1024 on CPU, the --gpu-memory-utilization "
           "share on CUDA");
-ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+ABSL_FLAG(double, gpu_memory_utilization, kEngineDefaults.gpu_memory_utilization,
           "CUDA: share of the GPU's memory for weights + workspace + KV pool (the pool gets the rest)");
-ABSL_FLAG(int32_t, max_model_len, 0, "Max tokens per sequence; 0: the model's max_position_embeddings");
-ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens of a request that leaves it 0");
-ABSL_FLAG(int32_t, max_tokens_limit, 4096, "Requests asking for more tokens are rejected");
-ABSL_FLAG(int32_t, max_waiting, 256, "Queued requests beyond this are rejected (RESOURCE_EXHAUSTED)");
-ABSL_FLAG(int32_t, max_num_seqs, 256, "Sequences running (holding KV pages) at once");
-ABSL_FLAG(int32_t, max_num_batched_tokens, 2048,
+ABSL_FLAG(int32_t, max_model_len, kEngineDefaults.max_model_len, "Max tokens per sequence; 0: the model's max_position_embeddings");
+ABSL_FLAG(int32_t, default_max_tokens, kEngineDefaults.default_max_tokens, "max_tokens of a request that leaves it 0");
+ABSL_FLAG(int32_t, max_tokens_limit, kEngineDefaults.max_tokens_limit, "Requests asking for more tokens are rejected");
+ABSL_FLAG(int32_t, max_waiting, kEngineDefaults.max_waiting, "Queued requests beyond this are rejected (RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int32_t, max_num_seqs, kEngineDefaults.max_num_seqs, "Sequences running (holding KV pages) at once");
+ABSL_FLAG(int32_t, max_num_batched_tokens, kEngineDefaults.max_num_batched_tokens,
           "Tokens fed to the model per engine step: prompt chunks plus one per decoding sequence");
-ABSL_FLAG(int32_t, max_prefill_chunk, 512, "Prompt tokens one sequence feeds per step (longer prompts take several)");
+ABSL_FLAG(int32_t, max_prefill_chunk, kEngineDefaults.max_prefill_chunk, "Prompt tokens one sequence feeds per step (longer prompts take several)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "Seconds to let in-flight requests finish on SIGTERM");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error, critical or off");
 ABSL_FLAG(std::string, log_format, "text",
@@ -142,11 +147,7 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   engine.kv_lambda = absl::GetFlag(FLAGS_kv_lambda);
   engine.kv_shared_subspace = absl::GetFlag(FLAGS_kv_shared_subspace);
   if (absl::GetFlag(FLAGS_kv_pool_mib) < 0) return absl::InvalidArgumentError("--kv-pool-mib must be >= 0");
-  const double utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
-  if (!(utilization > 0 && utilization <= 1)) {
-    return absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]");
-  }
-  engine.gpu_memory_utilization = utilization;
+  engine.gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
   // The shift below must not overflow (2^43 MiB = 8 EiB; no machine has that).
   if (absl::GetFlag(FLAGS_kv_pool_mib) > (int64_t{1} << 42)) {
     return absl::InvalidArgumentError("--kv-pool-mib is larger than any memory (at most 2^42)");
@@ -161,24 +162,7 @@ absl::StatusOr<ServerConfig> ParseServerCommandLine(int argc, char** argv) {
   engine.max_prefill_chunk = absl::GetFlag(FLAGS_max_prefill_chunk);
 
   if (config.address.empty()) return absl::InvalidArgumentError("--address is empty");
-  if (engine.model_dir.empty()) return absl::InvalidArgumentError("--model is empty");
-  if (engine.kv_format.empty()) return absl::InvalidArgumentError("--kv-format is empty");
-  if (engine.max_model_len < 0) {
-    return absl::InvalidArgumentError("--max-model-len must be >= 0 (0: the model's limit)");
-  }
-  if (engine.max_tokens_limit <= 0) {
-    return absl::InvalidArgumentError("--max-tokens-limit must be > 0");
-  }
-  if (engine.default_max_tokens <= 0 || engine.default_max_tokens > engine.max_tokens_limit) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--default-max-tokens must be in [1, --max-tokens-limit=", engine.max_tokens_limit, "]"));
-  }
-  if (engine.max_waiting <= 0) return absl::InvalidArgumentError("--max-waiting must be > 0");
-  if (engine.max_num_seqs <= 0) return absl::InvalidArgumentError("--max-num-seqs must be > 0");
-  if (engine.max_num_batched_tokens <= 0) {
-    return absl::InvalidArgumentError("--max-num-batched-tokens must be > 0");
-  }
-  if (engine.max_prefill_chunk <= 0) return absl::InvalidArgumentError("--max-prefill-chunk must be > 0");
+  if (absl::Status engine_status = ValidateEngineOptions(engine); !engine_status.ok()) return engine_status;
   if (config.drain_timeout_s < 0) {
     return absl::InvalidArgumentError("--drain-timeout-s must be >= 0");
   }

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <random>
 #include <string>
 
@@ -253,6 +254,62 @@ TEST_F(EngineTest, PerRequestKvOverride) {
   fp16_bits.kv_method = "fp16";
   fp16_bits.k_bits = 4;
   EXPECT_EQ(engine_->Submit(fp16_bits).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The stream says what the engine decided, so that no consumer re-derives its defaults.
+TEST_F(EngineTest, StreamCarriesTheResolvedRequest) {
+  GenerateRequest plain = Greedy("Defaults please", 0);  // max_tokens 0: default_max_tokens
+  auto stream = engine_->Submit(plain);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const AcceptedRequest& accepted = (*stream)->accepted();
+  EXPECT_EQ(accepted.max_tokens, EngineOptions().default_max_tokens);
+  EXPECT_EQ(accepted.kv_method, "squat");
+  EXPECT_EQ(accepted.kv_format, "squat-k2v2");
+  ASSERT_EQ(accepted.request_id.size(), 20u);  // "req-" and 16 hex digits
+  EXPECT_EQ(accepted.request_id.substr(0, 4), "req-");
+  EXPECT_EQ(accepted.request_id.find_first_not_of("0123456789abcdef", 4), std::string::npos);
+  (*stream)->Cancel();
+  DrainStream(**stream);
+
+  GenerateRequest named = Greedy("Override please", 3);
+  named.request_id = "mine-1";
+  named.kv_method = "squat_post";  // an alias: the stream names the canonical method
+  named.v_bits = 4;
+  stream = engine_->Submit(named);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ((*stream)->accepted().request_id, "mine-1");
+  EXPECT_EQ((*stream)->accepted().kv_method, "squat-post");
+  EXPECT_EQ((*stream)->accepted().kv_format, "squat-post-k2v4");
+  EXPECT_EQ((*stream)->accepted().max_tokens, 3);
+  EXPECT_EQ(DrainStream(**stream).ids.size(), 3u);
+}
+
+TEST(EngineOptionsTest, ValidationNamesTheOptionAndItsFlag) {
+  struct Case {
+    std::function<void(EngineOptions&)> spoil;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {[](EngineOptions& o) { o.max_num_seqs = 0; }, "max_num_seqs (--max-num-seqs)"},
+      {[](EngineOptions& o) { o.max_waiting = -3; }, "max_waiting (--max-waiting)"},
+      {[](EngineOptions& o) { o.default_max_tokens = o.max_tokens_limit + 1; }, "default_max_tokens"},
+      {[](EngineOptions& o) { o.gpu_memory_utilization = 1.5; }, "--gpu-memory-utilization"},
+      {[](EngineOptions& o) { o.kv_pool_bytes = -1; }, "--kv-pool-mib"},
+      {[](EngineOptions& o) { o.max_model_len = -1; }, "max_model_len"},
+      {[](EngineOptions& o) { o.model_dir.clear(); }, "--model"},
+  };
+  EngineOptions good;
+  good.model_dir = SQUAT_TINY_MODEL_DIR;
+  EXPECT_TRUE(ValidateEngineOptions(good).ok());
+  for (const Case& c : cases) {
+    EngineOptions options = good;
+    c.spoil(options);
+    const absl::Status status = ValidateEngineOptions(options);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.needle;
+    EXPECT_NE(std::string(status.message()).find(c.needle), std::string::npos) << status;
+    // Engine::Create refuses the same options before it loads anything.
+    EXPECT_EQ(Engine::Create(options).status(), status);
+  }
 }
 
 TEST(EnginePool, EveryPageReturnsAfterMixedRequests) {

@@ -19,8 +19,11 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "kvcache/attention_backend.h"
 #include "kvcache/device_eigh.h"
+#include "kvcache/format_catalogue.h"
 #include "kvcache/page_geometry.h"
 #include "kvcache/page_pool.h"
 #include "kvcache/query_gram.h"
@@ -337,12 +340,81 @@ TEST(KvPageTest, FormatThatFitsNoPageIsUnavailable) {
   EXPECT_GT(manager->CapacityTokens(Quantized(KvMethod::kKivi, 4, 4, 32, 64)), 0);
 }
 
+// ---- the format catalogue ----
+
+TEST(FormatCatalogueTest, ResolvesRequestsOverTheDefaultsOnce) {
+  const KvModelShape shape = SmallShape();
+  std::mt19937 rng(std::random_device{}());
+  FormatDefaults defaults;
+  defaults.method = "squat";
+  defaults.k_bits = rng() % 2 ? 4 : 2;
+  defaults.v_bits = rng() % 2 ? 4 : 2;
+  auto catalogue = FormatCatalogue::Create(defaults, shape.head_dim);
+  ASSERT_TRUE(catalogue.ok()) << catalogue.status();
+  EXPECT_EQ(catalogue->default_format().block_size, shape.head_dim / 2);  // block_size 0: d / 2
+  auto manager = MakeManager(shape, catalogue->default_format(), 40);
+  ASSERT_TRUE(manager);
+
+  const std::string default_label = absl::StrCat("squat-k", defaults.k_bits, "v", defaults.v_bits);
+  auto plain = catalogue->Resolve({}, *manager);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->label, default_label);
+  EXPECT_TRUE(plain->is_default);
+  EXPECT_EQ(plain->capacity_tokens, manager->CapacityTokens(plain->format));
+  EXPECT_EQ(plain->prompt_capacity_tokens, manager->PromptCapacityTokens(plain->format));
+  EXPECT_GT(plain->capacity_tokens, 0);
+
+  // Bits left at 0 keep the default's, whatever the method.
+  auto kivi = catalogue->Resolve({"kivi", 0, 4}, *manager);
+  ASSERT_TRUE(kivi.ok()) << kivi.status();
+  EXPECT_EQ(kivi->label, absl::StrCat("kivi-k", defaults.k_bits, "v4"));
+  EXPECT_FALSE(kivi->is_default);
+  auto full = catalogue->Resolve({"fp16", 0, 0}, *manager);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->label, "fp16");
+  EXPECT_EQ(full->format.k_bits, 16);
+
+  for (const FormatRequest& bad : std::vector<FormatRequest>{{"fp16", 2, 0}, {"zip", 0, 0}, {"kivi", 3, 0},
+                                                             {"squat-post", 0, 8}}) {
+    auto resolved = catalogue->Resolve(bad, *manager);
+    EXPECT_EQ(resolved.status().code(), absl::StatusCode::kInvalidArgument) << bad.method << " " << bad.k_bits;
+  }
+
+  // fp16, each method at 2 and 4 bits, and the default when its bits differ; each once.
+  std::vector<std::string> labels;
+  int defaults_listed = 0;
+  for (const ResolvedFormat& f : catalogue->Listed(*manager)) {
+    labels.push_back(f.label);
+    defaults_listed += f.is_default;
+    EXPECT_EQ(f.capacity_tokens, manager->CapacityTokens(f.format)) << f.label;
+  }
+  EXPECT_EQ(defaults_listed, 1);
+  const size_t expected = 7 + (defaults.k_bits != defaults.v_bits ? 1 : 0);
+  EXPECT_EQ(labels.size(), expected) << absl::StrJoin(labels, ", ");
+  EXPECT_NE(std::find(labels.begin(), labels.end(), default_label), labels.end());
+  EXPECT_NE(std::find(labels.begin(), labels.end(), "squat-post-k4v4"), labels.end());
+}
+
+TEST(FormatCatalogueTest, RejectsAnInvalidDefault) {
+  FormatDefaults defaults;
+  defaults.method = "kivi";
+  defaults.residual_length = 48;  // not a multiple of G = 32
+  EXPECT_EQ(FormatCatalogue::Create(defaults, 64).status().code(), absl::StatusCode::kInvalidArgument);
+  defaults = FormatDefaults();
+  defaults.method = "lz4";
+  EXPECT_EQ(FormatCatalogue::Create(defaults, 64).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(KvPageTest, CreateRejectsBadInputs) {
   KvModelShape shape = SmallShape();
   EXPECT_EQ(KvCacheManager::Create(shape, Fp16(), 100).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(KvCacheManager::Create(shape, Quantized(KvMethod::kKivi, 3, 2, 32, 32), 1 << 20).status().code(),
             absl::StatusCode::kInvalidArgument);
-  shape.num_attention_heads = 3;
+  // The model's sizes are ModelConfig's to check; the RoPE table must match them.
+  shape.head_dim *= 2;
+  EXPECT_EQ(KvCacheManager::Create(shape, Fp16(), 1 << 20).status().code(), absl::StatusCode::kInvalidArgument);
+  shape = SmallShape();
+  shape.rope_table = shape.rope_table.to(at::kDouble);
   EXPECT_EQ(KvCacheManager::Create(shape, Fp16(), 1 << 20).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

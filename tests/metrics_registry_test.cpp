@@ -35,7 +35,6 @@ using squat::KvPoolUsage;
 using squat::ModelDescription;
 using squat::StepInfo;
 using squat::Timings;
-using squat::server::KvFormatLabel;
 using squat::server::MetricsHttpServer;
 using squat::server::ServerMetrics;
 
@@ -132,6 +131,7 @@ ModelDescription RandomDescription() {
   const double full = 64 * UniformInt(1, 64);
   auto add = [&](const std::string& method, int k, int v, double bytes, bool is_default) {
     KvFormatDescription f;
+    f.label = method == "fp16" ? method : absl::StrCat(method, "-k", k, "v", v);
     f.method = method;
     f.k_bits = k;
     f.v_bits = v;
@@ -146,25 +146,8 @@ ModelDescription RandomDescription() {
   return d;
 }
 
-TEST(MetricsRegistryTest, FormatLabelsNameMethodAndBits) {
-  EXPECT_EQ(KvFormatLabel("fp16", 16, 16), "fp16");
-  EXPECT_EQ(KvFormatLabel("fp16", 32, 32), "fp16");
-  const int k = UniformInt(1, 8), v = UniformInt(1, 8);
-  EXPECT_EQ(KvFormatLabel("squat-post", k, v), absl::StrCat("squat-post-k", k, "v", v));
-
-  ServerMetrics metrics("squat", 2, 4);
-  EXPECT_EQ(metrics.RequestFormat("", 0, 0), "squat-k2v4");
-  EXPECT_EQ(metrics.RequestFormat("kivi", 0, 0), "kivi-k2v4");
-  EXPECT_EQ(metrics.RequestFormat("kivi", 4, 0), "kivi-k4v4");
-  EXPECT_EQ(metrics.RequestFormat("squat", 0, 2), "squat-k2v2");
-  EXPECT_EQ(metrics.RequestFormat("fp16", 0, 0), "fp16");
-  ServerMetrics full_default("fp16", 4, 4);
-  EXPECT_EQ(full_default.RequestFormat("", 0, 0), "fp16");
-  EXPECT_EQ(full_default.RequestFormat("kivi", 0, 2), "kivi-k4v2");
-}
-
 TEST(MetricsRegistryTest, RequestObservationsLandInTheirSeriesAndBuckets) {
-  ServerMetrics metrics("squat", 2, 2);
+  ServerMetrics metrics;
   const std::vector<std::string> formats = {"squat-k2v2", "kivi-k4v4"};
   struct Expected {
     double tokens = 0;
@@ -229,7 +212,7 @@ TEST(MetricsRegistryTest, RequestObservationsLandInTheirSeriesAndBuckets) {
 }
 
 TEST(MetricsRegistryTest, EngineStepsFeedThePhaseHistogramsAndPreemptions) {
-  ServerMetrics metrics("squat", 2, 2);
+  ServerMetrics metrics;
   std::map<bool, std::vector<double>> durations, sizes, tokens;
   double preemptions = 0;
   const int steps = UniformInt(50, 200);
@@ -261,7 +244,7 @@ TEST(MetricsRegistryTest, EngineStepsFeedThePhaseHistogramsAndPreemptions) {
 }
 
 TEST(MetricsRegistryTest, ErrorsAreCountedByCodeAndCommonCodesStartAtZero) {
-  ServerMetrics metrics("squat", 2, 2);
+  ServerMetrics metrics;
   std::map<std::string, double> expected = {{"INVALID_ARGUMENT", 0}, {"RESOURCE_EXHAUSTED", 0},
                                             {"UNAVAILABLE", 0},      {"DEADLINE_EXCEEDED", 0},
                                             {"CANCELLED", 0},        {"INTERNAL", 0}};
@@ -280,7 +263,7 @@ TEST(MetricsRegistryTest, ErrorsAreCountedByCodeAndCommonCodesStartAtZero) {
 }
 
 TEST(MetricsRegistryTest, SnapshotGaugesAreReadFromTheEngineAtEachScrape) {
-  ServerMetrics metrics("squat", 2, 2);
+  ServerMetrics metrics;
   FakeEngine engine;
   const ModelDescription description = RandomDescription();
   metrics.AttachEngine(&engine, description, "9.8.7");
@@ -308,7 +291,7 @@ TEST(MetricsRegistryTest, SnapshotGaugesAreReadFromTheEngineAtEachScrape) {
   }
   const double full = description.kv_formats[0].bytes_per_token;
   for (const KvFormatDescription& f : description.kv_formats) {
-    const Labels labels = {{"format", KvFormatLabel(f.method, f.k_bits, f.v_bits)}};
+    const Labels labels = {{"format", f.label}};
     const std::vector<Sample> samples = ParseExposition(metrics.ScrapeText());
     EXPECT_EQ(SampleValue(samples, "squat_kv_cache_tokens", labels), static_cast<double>(f.capacity_tokens));
     EXPECT_DOUBLE_EQ(SampleValue(samples, "squat_kv_bytes_per_token", labels), f.bytes_per_token);
@@ -380,7 +363,7 @@ std::map<std::string, DocumentedFamily> ReadMetricsDoc() {
 TEST(MetricsRegistryTest, EveryDocumentedFamilyIsExportedWithItsTypeAndLabels) {
   const std::map<std::string, DocumentedFamily> documented = ReadMetricsDoc();
   ASSERT_GE(documented.size(), 20u);
-  ServerMetrics metrics("squat", 2, 2);
+  ServerMetrics metrics;
   FakeEngine engine;
   engine.pool = {4096, 100, 10};
   metrics.AttachEngine(&engine, RandomDescription(), "1.0.0");

@@ -165,6 +165,26 @@ TEST(ModelConfigTest, LegacyRopeScalingTypeKey) {
   EXPECT_DOUBLE_EQ(parsed->rope_scaling->factor, 2.5);
 }
 
+// Rope scaling types the model does not implement are refused when the config is read, not
+// later at load; the same check guards configs built in code (ValidateModelConfig).
+TEST(ModelConfigTest, UnsupportedRopeScalingIsRefusedAtParse) {
+  json config = MinimalConfig();
+  config["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  auto parsed = Parse(config);
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kUnimplemented) << parsed.status();
+  EXPECT_NE(std::string(parsed.status().message()).find("yarn"), std::string::npos);
+  config["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  auto dynamic = Parse(config);
+  ASSERT_TRUE(dynamic.ok()) << dynamic.status();
+  ModelConfig built = *dynamic;
+  EXPECT_TRUE(ValidateModelConfig(built).ok());
+  built.rope_scaling->rope_type = "longrope";
+  EXPECT_EQ(ValidateModelConfig(built).code(), absl::StatusCode::kUnimplemented);
+  built = *dynamic;
+  built.head_dim = 31;
+  EXPECT_EQ(ValidateModelConfig(built).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelConfigTest, NewerDtypeKeyIsAccepted) {
   json config = MinimalConfig();
   config["dtype"] = "float16";

@@ -555,7 +555,7 @@ TEST_F(SamplerTest, NanAndInfinityNeverCrashOrWin) {
 TEST(SamplingParamsValidation, AcceptsDefaultsAndBoundaries) {
   EXPECT_TRUE(ValidateSamplingParams(SamplingParams()).ok());
   SamplingParams edge;
-  edge.max_tokens = 1;
+  edge.max_tokens = 0;  // the engine default
   edge.temperature = 0.0f;
   edge.top_k = 0;
   edge.top_p = 1.0f;
@@ -566,6 +566,10 @@ TEST(SamplingParamsValidation, AcceptsDefaultsAndBoundaries) {
   edge.logprobs = 20;
   edge.stop = {"x"};
   edge.stop_token_ids = {0};
+  EXPECT_TRUE(ValidateSamplingParams(edge).ok()) << ValidateSamplingParams(edge);
+  // The stop limits are inclusive.
+  edge.stop.assign(kMaxStopStrings, std::string(kMaxStopStringBytes, 's'));
+  edge.stop_token_ids.assign(kMaxStopTokenIds, 7);
   EXPECT_TRUE(ValidateSamplingParams(edge).ok()) << ValidateSamplingParams(edge);
   edge.min_p = 0.0f;
   edge.presence_penalty = 2.0f;
@@ -583,7 +587,7 @@ TEST(SamplingParamsValidation, RejectsEachBadFieldByName) {
     std::function<void(SamplingParams&)> spoil;
   };
   const std::vector<BadCase> cases = {
-      {"max_tokens", [](SamplingParams& p) { p.max_tokens = 0; }},
+      {"max_tokens", [](SamplingParams& p) { p.max_tokens = -1; }},
       {"max_tokens", [](SamplingParams& p) { p.max_tokens = -4; }},
       {"temperature", [](SamplingParams& p) { p.temperature = -0.1f; }},
       {"temperature", [&](SamplingParams& p) { p.temperature = nan; }},
@@ -607,6 +611,9 @@ TEST(SamplingParamsValidation, RejectsEachBadFieldByName) {
       {"logprobs", [](SamplingParams& p) { p.logprobs = 21; }},
       {"stop[1]", [](SamplingParams& p) { p.stop = {"ok", ""}; }},
       {"stop_token_ids[0]", [](SamplingParams& p) { p.stop_token_ids = {-2}; }},
+      {"stop has 65", [](SamplingParams& p) { p.stop.assign(kMaxStopStrings + 1, "x"); }},
+      {"stop[2] has 1025", [](SamplingParams& p) { p.stop = {"a", "b", std::string(kMaxStopStringBytes + 1, 'c')}; }},
+      {"stop_token_ids has 1025", [](SamplingParams& p) { p.stop_token_ids.assign(kMaxStopTokenIds + 1, 3); }},
   };
   for (const BadCase& c : cases) {
     SamplingParams params;

@@ -1,7 +1,7 @@
-// The server's request checks on arbitrary wire bytes: GenerateRequest parsing, then
-// ValidateGenerateRequest, then (for accepted requests) the conversion to the engine's
-// request and the sampler's parameter checks. Checks: what validation accepts respects
-// every limit it claims to enforce, and nothing downstream crashes on it.
+// A request's checks on arbitrary wire bytes: GenerateRequest parsing, the server's own
+// ValidateGenerateRequest (the prompt's byte limit), then the conversion to the engine's request
+// and the runtime's sampling checks. Checks: what each accepts respects every limit it claims to
+// enforce, and nothing downstream crashes on it.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -16,19 +16,7 @@
 
 namespace {
 
-constexpr int32_t kMaxTokensLimit = 4096;
 constexpr int64_t kMaxPromptBytes = 2048;
-
-const squat::server::RequestLimits& Limits() {
-  static const squat::server::RequestLimits limits = [] {
-    squat::server::RequestLimits l;
-    l.max_tokens_limit = kMaxTokensLimit;
-    l.kv_methods = {"squat", "squat-post", "kivi", "fp16"};
-    l.max_prompt_bytes = kMaxPromptBytes;
-    return l;
-  }();
-  return limits;
-}
 
 }  // namespace
 
@@ -41,22 +29,28 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   squat::v1::GenerateRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
-  const absl::Status status = squat::server::ValidateGenerateRequest(request, Limits());
+  const absl::Status status = squat::server::ValidateGenerateRequest(request, kMaxPromptBytes);
   if (!status.ok()) {
     FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument && !status.message().empty());
     return 0;
   }
-  const bool text_prompt = request.prompt_case() == squat::v1::GenerateRequest::kText;
-  FUZZ_CHECK(text_prompt ? !request.text().empty() : request.token_ids().ids_size() > 0);
-  if (text_prompt) FUZZ_CHECK(static_cast<int64_t>(request.text().size()) <= kMaxPromptBytes);
-  FUZZ_CHECK(request.sampling().max_tokens() <= static_cast<uint32_t>(kMaxTokensLimit));
-  FUZZ_CHECK(request.sampling().stop_size() <= squat::server::kMaxStopStrings);
-  FUZZ_CHECK(request.sampling().stop_token_ids_size() <= squat::server::kMaxStopTokenIds);
+  if (request.prompt_case() == squat::v1::GenerateRequest::kText) {
+    FUZZ_CHECK(static_cast<int64_t>(request.text().size()) <= kMaxPromptBytes);
+  }
 
-  const squat::GenerateRequest engine_request =
-      squat::server::ToEngineRequest(request, "fuzz", /*default_max_tokens=*/16);
-  FUZZ_CHECK(engine_request.sampling.max_tokens >= 1 && engine_request.sampling.max_tokens <= kMaxTokensLimit);
+  const squat::GenerateRequest engine_request = squat::server::ToEngineRequest(request, "fuzz");
+  // max_tokens saturates instead of wrapping: 0 only when the request left it unset.
+  FUZZ_CHECK(engine_request.sampling.max_tokens >= 0);
+  FUZZ_CHECK((engine_request.sampling.max_tokens == 0) == (request.sampling().max_tokens() == 0));
   const absl::Status sampling = squat::ValidateSamplingParams(engine_request.sampling);
-  if (!sampling.ok()) FUZZ_CHECK(!sampling.message().empty());
+  if (!sampling.ok()) {
+    FUZZ_CHECK(sampling.code() == absl::StatusCode::kInvalidArgument && !sampling.message().empty());
+    return 0;
+  }
+  FUZZ_CHECK(engine_request.sampling.stop.size() <= squat::kMaxStopStrings);
+  for (const std::string& stop : engine_request.sampling.stop) {
+    FUZZ_CHECK(!stop.empty() && stop.size() <= squat::kMaxStopStringBytes);
+  }
+  FUZZ_CHECK(engine_request.sampling.stop_token_ids.size() <= squat::kMaxStopTokenIds);
   return 0;
 }
