@@ -4,7 +4,7 @@
 // makes a SQuat prompt's state slow on CUDA (docs/kv-cache.md). The library is looked up at run
 // time (the copy LibTorch already loaded, else libcusolver.so.12), so that nothing links
 // against it and machines without it simply report it unavailable. Plain C++ API, as
-// squat_kernels.h.
+// decode_attention.h.
 #pragma once
 
 #include <cstdint>

@@ -39,6 +39,22 @@ struct PoolLayout {
   int32_t tokens_per_page = 0;  // quantized tokens per page
 };
 
+// Whether the kernels handle this layout (head_dim 64, 128 or 256, 16-byte aligned pages; for
+// quantized formats bits 2 or 4, G dividing d and the page's tokens, ...); every kernel entry
+// point checks it, and the CUDA attention backend asks it before choosing the kernels.
+inline bool LayoutSupported(const PoolLayout& L, bool quantized) {
+  if (L.pool == nullptr || L.page_bytes <= 0 || L.kv_heads <= 0 || L.q_heads % L.kv_heads != 0 ||
+      (L.head_dim != 64 && L.head_dim != 128 && L.head_dim != 256) || L.slots_per_page <= 0 ||
+      L.page_bytes % 16 != 0 || reinterpret_cast<uintptr_t>(L.pool) % 16 != 0) {
+    return false;
+  }
+  if (!quantized) return true;
+  const bool bits_ok = (L.k_bits == 2 || L.k_bits == 4) && (L.v_bits == 2 || L.v_bits == 4);
+  return bits_ok && L.group_size > 0 && L.head_dim % L.group_size == 0 && L.tokens_per_page > 0 &&
+         L.tokens_per_page % L.group_size == 0 && L.group_size % (32 / L.k_bits) == 0 &&
+         L.head_dim % (32 / L.v_bits) == 0 && L.residual_length > 0;
+}
+
 // ---- full-precision slot pages
 
 // Element index, inside its page, of channel 0 of (layer, part 0 = K / 1 = V, head, slot).

@@ -21,7 +21,9 @@
 #include "kvcache/step_batch.h"
 
 #ifdef SQUAT_HAVE_CUDA_KERNELS
-#include "kernels/squat_kernels.h"
+#include "kernels/cuda_runtime.h"
+#include "kernels/decode_attention.h"
+#include "kernels/page_writes.h"
 #endif
 
 namespace squat::kv {
@@ -512,7 +514,7 @@ class ReferenceBackend final : public PagedBackend {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The CUDA kernels (kernels/squat_kernels.h): one launch per layer for each format's decode
+// The CUDA kernels (kernels/decode_attention.h, kernels/page_writes.h): one launch per layer for each format's decode
 // rows, one for every prefill row's store, one per kind of quantization work.
 
 #ifdef SQUAT_HAVE_CUDA_KERNELS

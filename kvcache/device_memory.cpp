@@ -4,7 +4,7 @@
 #include "absl/strings/str_cat.h"
 
 #ifdef SQUAT_HAVE_CUDA_KERNELS
-#include "kernels/squat_kernels.h"
+#include "kernels/cuda_runtime.h"
 #endif
 
 namespace squat::kv {

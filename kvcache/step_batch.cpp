@@ -11,6 +11,10 @@
 #include "kvcache/page_geometry.h"
 #include "kvcache/page_pool.h"
 
+#ifdef SQUAT_HAVE_CUDA_KERNELS
+#include "kernels/cuda_runtime.h"
+#endif
+
 namespace squat::kv {
 namespace {
 

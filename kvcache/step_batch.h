@@ -18,7 +18,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/page_layout.h"
-#include "kernels/squat_kernels.h"
+#include "kernels/decode_attention.h"
+#include "kernels/page_writes.h"
 #include "kvcache/kv_cache.h"
 
 namespace squat::kv {

@@ -1,10 +1,12 @@
-// The CUDA kernels (kernels/squat_kernels.h) against CPU references written here from the page
+// The CUDA kernels (kernels/decode_attention.h, page_writes.h) against CPU references written here from the page
 // layout of docs/kv-cache.md, on fresh random pools: batched decode attention (fp16 format,
 // KIVI post-RoPE and SQuat pre-RoPE pages, GQA and MHA, float32 / fp16 / bf16) against a
 // float64 reference; key-group (KIVI and SQuat compensation) and value-token quantization
 // against a float32 reference that follows the same IEEE operations, so codes and fp16
 // metadata must agree bit for bit. Torch-free; skipped without a CUDA device.
-#include "kernels/squat_kernels.h"
+#include "kernels/cuda_runtime.h"
+#include "kernels/decode_attention.h"
+#include "kernels/page_writes.h"
 
 #include <gtest/gtest.h>
 
