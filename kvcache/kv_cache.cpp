@@ -87,7 +87,7 @@ std::string Describe(const KvFormat& f) {
                       f.group_size, ", residual_length ", f.residual_length, ")");
 }
 
-// The shape's sizes come from a validated ModelConfig (runtime/model_config.h); what is the
+// The shape's sizes come from a validated ModelConfig (runtime/checkpoint/model_config.h); what is the
 // cache's own to check is the RoPE table and dtype it is handed.
 absl::Status CheckRopeTable(const KvModelShape& s) {
   if (!at::isFloatingType(s.compute_dtype)) {

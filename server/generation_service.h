@@ -8,7 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "squat/v1/generation.grpc.pb.h"

@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "runtime/engine.h"
-#include "runtime/log.h"
+#include "runtime/engine/engine.h"
+#include "runtime/log/log.h"
 #include "server/generation_service.h"
 #include "server/memory_budget.h"
 #include "server/server_flags_security.h"
@@ -89,6 +89,10 @@ int Run(int argc, char** argv) {
     return 2;
   }
   parsed->engine.max_prompt_tokens = security->max_prompt_tokens;
+  if (absl::Status engine = ValidateEngineOptions(parsed->engine); !engine.ok()) {  // max_prompt_tokens too
+    std::fprintf(stderr, "squat-server: %s\n", std::string(engine.message()).c_str());
+    return 2;
+  }
   const ServerConfig& config = *parsed;
   log::Configure(config.log_format, config.log_level);
   gpr_set_log_function(LogFromGrpc);

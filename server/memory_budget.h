@@ -10,7 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 namespace squat::server {
 

@@ -14,7 +14,7 @@
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 namespace prometheus {
 class Counter;

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "squat/v1/generation.pb.h"
 
 namespace squat::server {

@@ -13,7 +13,7 @@
 #include "absl/strings/str_replace.h"
 #include "spdlog/spdlog.h"
 
-// Engine flags default to EngineOptions' defaults (runtime/engine.h is their one home).
+// Engine flags default to EngineOptions' defaults (runtime/engine/engine.h is their one home).
 namespace {
 const squat::EngineOptions kEngineDefaults;
 }  // namespace

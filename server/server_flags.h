@@ -4,8 +4,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "runtime/engine.h"
-#include "runtime/log.h"
+#include "runtime/engine/engine.h"
+#include "runtime/log/log.h"
 
 namespace squat::server {
 

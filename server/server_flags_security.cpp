@@ -54,9 +54,6 @@ absl::StatusOr<SecurityOptions> ReadSecurityFlags() {
         absl::StrCat("--max-message-bytes must be in [1, ", std::numeric_limits<int32_t>::max(), "]"));
   }
   if (o.max_prompt_bytes <= 0) return absl::InvalidArgumentError("--max-prompt-bytes must be > 0");
-  if (o.max_prompt_tokens < 0) {
-    return absl::InvalidArgumentError("--max-prompt-tokens must be >= 0 (0: the model's limit)");
-  }
   if (max_memory_mib < 0 || max_memory_mib > (std::numeric_limits<int64_t>::max() >> 20)) {
     return absl::InvalidArgumentError("--max-memory-mib must be >= 0 and fit 64-bit bytes");
   }

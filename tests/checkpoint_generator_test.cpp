@@ -15,9 +15,9 @@
 #include <sstream>
 
 #include "nlohmann/json.hpp"
-#include "runtime/model_config.h"
-#include "runtime/safetensors.h"
-#include "runtime/tokenizer.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/safetensors.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tools/checkpoint_numeric.h"
 
 namespace squat {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "tests/engine_test_support.h"
 
 namespace squat {

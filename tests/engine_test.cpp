@@ -1,6 +1,6 @@
 // Engine behaviour on the tiny random checkpoint: validation, determinism, stop conditions,
 // cancellation, admission and draining.
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 #include <gtest/gtest.h>
 
@@ -8,8 +8,8 @@
 #include <random>
 #include <string>
 
-#include "runtime/stop_matcher.h"
-#include "runtime/tokenizer.h"
+#include "runtime/sampling/stop_matcher.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/engine_test_support.h"
 
 namespace squat {

@@ -1,4 +1,4 @@
-// Reading a request's events off the engine (runtime/engine.h) in tests: everything a stream
+// Reading a request's events off the engine (runtime/engine/engine.h) in tests: everything a stream
 // delivered until its final event. Torch-free.
 #pragma once
 
@@ -9,7 +9,7 @@
 
 #include <gtest/gtest.h>
 
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 namespace squat::testing_support {
 

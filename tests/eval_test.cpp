@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "kvcache/standalone_cache.h"
-#include "runtime/llama_model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/model_test_support.h"
 #include "tools/eval/eval_options.h"
 #include "tools/eval/format_run.h"

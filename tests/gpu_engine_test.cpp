@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "kvcache/device_memory.h"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "tests/engine_test_support.h"
 #include "tests/model_test_support.h"
 

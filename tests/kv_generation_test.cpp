@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "kvcache/standalone_cache.h"
-#include "runtime/safetensors.h"
-#include "runtime/llama_model.h"
+#include "runtime/checkpoint/safetensors.h"
+#include "runtime/model/llama_model.h"
 #include "tests/model_test_support.h"
 
 namespace squat {

@@ -23,9 +23,9 @@
 
 #include "kvcache/standalone_cache.h"
 #include "tests/model_test_support.h"
-#include "runtime/llama_model.h"
-#include "runtime/model_config.h"
-#include "runtime/safetensors.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/safetensors.h"
 
 namespace squat {
 namespace {

@@ -1,10 +1,12 @@
-// EstimateServingMemory (runtime/engine.h) against what the engine then allocates: weights, KV
+// EstimateServingMemory (runtime/engine/engine.h) against what the engine then allocates: weights, KV
 // pool and workspace must agree exactly, on a checkpoint whose stored dtype differs from the
 // dtype its config.json names (the loader goes by the stored one). Also the loader's dtype rule
 // and the size checks the estimate shares with it.
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 #include <gtest/gtest.h>
+
+#include <sys/stat.h>
 
 #include <fstream>
 #include <random>
@@ -12,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/model_memory.h"
+#include "runtime/model/model_memory.h"
 #include "tests/model_test_support.h"
 
 namespace squat {
@@ -94,6 +96,22 @@ TEST_F(MemoryEstimateTest, DefaultCpuPoolAndErrors) {
   EXPECT_EQ(EstimateServingMemory(options).status().code(), absl::StatusCode::kInvalidArgument);
   options.device = "cpu";
   options.model_dir = tmp_->Sub("missing");
+  EXPECT_FALSE(EstimateServingMemory(options).ok());
+
+  // A named dtype needs config.json alone (sizing a model before downloading its weights);
+  // "auto" needs the checkpoint's stored dtype.
+  const std::string config_only = tmp_->Sub("config-only");
+  ASSERT_EQ(mkdir(config_only.c_str(), 0755), 0);
+  {
+    std::ifstream in(*dir_ + "/config.json");
+    std::ofstream(config_only + "/config.json") << in.rdbuf();
+  }
+  options.model_dir = config_only;
+  options.dtype = "float16";
+  absl::StatusOr<ServingMemoryEstimate> sized = EstimateServingMemory(options);
+  ASSERT_TRUE(sized.ok()) << sized.status();
+  EXPECT_EQ(sized->weight_bytes * 2, estimate->weight_bytes);  // float16 against auto's float32
+  options.dtype = "auto";
   EXPECT_FALSE(EstimateServingMemory(options).ok());
 }
 

@@ -1,4 +1,4 @@
-// Structured logs (runtime/log.h): JSON lines parse as one object each with time, level, msg and
+// Structured logs (runtime/log/log.h): JSON lines parse as one object each with time, level, msg and
 // the fields; text lines put the request id first; levels filter. stderr is captured in a file.
 #include <fcntl.h>
 #include <unistd.h>
@@ -14,7 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "runtime/log.h"
+#include "runtime/log/log.h"
 #include "tests/process_test_support.h"
 
 namespace {

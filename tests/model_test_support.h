@@ -18,10 +18,10 @@
 #include <vector>
 
 #include "kvcache/standalone_cache.h"
-#include "runtime/llama_model.h"
-#include "runtime/model_config.h"
-#include "runtime/safetensors.h"
-#include "runtime/step_runner.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/safetensors.h"
+#include "runtime/model/step_runner.h"
 
 namespace squat {
 

@@ -1,7 +1,7 @@
 // Sampler tests: empirical frequencies against an independent long-double reference of the
 // filtered distribution, greedy/argmax, seeding, penalties, logprobs, non-finite logits and
 // parameter validation. Inputs are fresh random logits per run (SQUAT_TEST_SEED reproduces).
-#include "runtime/sampler.h"
+#include "runtime/sampling/sampler.h"
 
 #include <algorithm>
 #include <cmath>

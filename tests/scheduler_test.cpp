@@ -11,7 +11,7 @@
 // nearly flat, so two candidates are sometimes equally likely within that noise: the runs may
 // then part (different ids at one position, each pick's logprob within the tolerance of the
 // other's), and what follows is not compared. At most a quarter of the requests may part.
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
-// A sequence's life (runtime/sequence.h): the transitions the engine and the scheduler make are
+// A sequence's life (runtime/engine/sequence.h): the transitions the engine and the scheduler make are
 // the only ones allowed, and every other one is refused where it is attempted.
-#include "runtime/sequence.h"
+#include "runtime/engine/sequence.h"
 
 #include <gtest/gtest.h>
 

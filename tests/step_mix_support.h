@@ -17,8 +17,8 @@
 #include "kvcache/attention_backend.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/standalone_cache.h"
-#include "runtime/llama_model.h"
-#include "runtime/step_runner.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/model/step_runner.h"
 
 namespace squat {
 

@@ -2,7 +2,7 @@
 // (expected ids and text in tests/data, produced by the reference library), round trips and
 // streaming on fresh random input, added tokens in text, hand-checked behaviour on tiny
 // synthetic tokenizers, and load errors.
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "runtime/model_config.h"
+#include "runtime/checkpoint/model_config.h"
 
 namespace squat::checkpoint {
 namespace {

@@ -25,10 +25,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "kvcache/standalone_cache.h"
-#include "runtime/llama_model.h"
-#include "runtime/model_config.h"
-#include "runtime/safetensors.h"
-#include "runtime/step_runner.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/safetensors.h"
+#include "runtime/model/step_runner.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 
 #include <google/protobuf/stubs/logging.h>
 
-#include "runtime/sampler.h"
+#include "runtime/sampling/sampler.h"
 #include "server/proto_conversion.h"
 #include "server/request_validation.h"
 #include "squat/v1/generation.pb.h"

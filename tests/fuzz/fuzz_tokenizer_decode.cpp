@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_support.h"
 #include "tests/fuzz/fuzz_tokenizers.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_support.h"
 
 namespace squat::fuzz {

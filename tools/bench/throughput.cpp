@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 #include "tools/bench/gpu_memory.h"
 #include "tools/bench/throughput_options.h"
 #include "tools/bench/throughput_plan.h"

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/distribution.h"
-#include "runtime/engine.h"
+#include "runtime/engine/engine.h"
 
 namespace squat::bench {
 

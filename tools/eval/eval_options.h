@@ -23,7 +23,7 @@ struct EvalOptions {
   std::vector<int64_t> max_windows = {4};
   double prefix_fraction = 0.5;  // share of each window prefilled; the rest is scored token by token
   bool isolated_attention = true;  // also feed the fp16 run's q/k/v to every quantized cache
-  // KV parameters; the engine's defaults (runtime/engine.cpp DefaultKvFormat, squat-spec 1).
+  // KV parameters; the engine's defaults (runtime/engine/engine.cpp DefaultKvFormat, squat-spec 1).
   int64_t group_size = 32;       // G
   int64_t residual_length = 32;  // R
   int64_t block_size = 0;        // g; 0: head_dim / 2

@@ -14,8 +14,8 @@
 
 #include "absl/status/statusor.h"
 #include "kvcache/standalone_cache.h"
-#include "runtime/llama_model.h"
-#include "runtime/step_runner.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/model/step_runner.h"
 #include "tools/eval/formats.h"
 #include "tools/eval/tee_backend.h"
 

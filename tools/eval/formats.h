@@ -17,7 +17,7 @@ struct EvalFormat {
 
 // fp16 (the reference) first, then every quantized method of options.methods at every
 // options.bits (K and V alike unless options.v_bits is set). Parameters resolve as
-// runtime/engine.cpp's DefaultKvFormat does: block_size 0 means head_dim / 2. Errors name an
+// runtime/engine/engine.cpp's DefaultKvFormat does: block_size 0 means head_dim / 2. Errors name an
 // unknown method or an invalid format.
 absl::StatusOr<std::vector<EvalFormat>> BuildFormats(const EvalOptions& options, int64_t head_dim);
 

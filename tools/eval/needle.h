@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/llama_model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/model/llama_model.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tools/eval/formats.h"
 #include "tools/eval/perplexity.h"
 

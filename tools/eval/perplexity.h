@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/llama_model.h"
+#include "runtime/model/llama_model.h"
 #include "tools/eval/formats.h"
 #include "tools/eval/scores.h"
 #include "tools/eval/windows.h"
